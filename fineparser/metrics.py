@@ -1,0 +1,119 @@
+"""Evaluation metrics of the paper (numpy only).
+
+Score metrics: Spearman's rho, L2 (mean squared error) and relative L2 (squared error over the
+squared range of the true scores; the paper reports it x100).  Temporal parsing: tIoU between the
+predicted and true [transition 1, transition 2] segments and AIoU@threshold, the fraction of dives
+whose tIoU reaches the threshold.  Masks: pixel statistics with a pixel counted as diver when
+sigmoid(logit) >= 0.5, i.e. logit >= 0 (the paper's code compares the raw logit with 0.5; we state
+the threshold on the probability instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MASK_PROBABILITY_THRESHOLD = 0.5
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):  # average ranks over ties
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def spearman_rho(pred, true) -> float:
+    """Spearman rank correlation (ties get average ranks); nan when either side is constant."""
+    pred, true = np.asarray(pred, dtype=np.float64).ravel(), np.asarray(true, dtype=np.float64).ravel()
+    if pred.shape != true.shape or len(pred) < 2:
+        raise ValueError(f"spearman_rho needs two equal-length sequences of >= 2 values, got {pred.shape}, {true.shape}")
+    rp, rt = _ranks(pred), _ranks(true)
+    rp, rt = rp - rp.mean(), rt - rt.mean()
+    denom = np.sqrt((rp ** 2).sum() * (rt ** 2).sum())
+    return float((rp * rt).sum() / denom) if denom > 0 else float("nan")
+
+
+def l2(pred, true) -> float:
+    """Mean squared error."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    return float(np.mean((pred - true) ** 2))
+
+
+def relative_l2(pred, true) -> float:
+    """Mean of ((pred - true) / (max(true) - min(true)))^2 (the paper prints it x100)."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    span = true.max() - true.min()
+    if span <= 0:
+        return float("nan")
+    return float(np.mean(((pred - true) / span) ** 2))
+
+
+def tiou(pred_segment, true_segment) -> np.ndarray:
+    """Temporal IoU of [start, end] segments; arrays [..., 2] give one value per row."""
+    p, t = np.asarray(pred_segment, dtype=np.float64), np.asarray(true_segment, dtype=np.float64)
+    inter = np.clip(np.minimum(p[..., 1], t[..., 1]) - np.maximum(p[..., 0], t[..., 0]), 0, None)
+    union = (p[..., 1] - p[..., 0]) + (t[..., 1] - t[..., 0]) - inter
+    return inter / (union + np.finfo(np.float64).eps)
+
+
+def aiou(pred_transitions, true_transitions, threshold: float) -> float:
+    """Fraction of dives whose transition segment has tIoU >= threshold (AIoU@threshold)."""
+    values = tiou(pred_transitions, true_transitions)
+    return float(np.mean(values >= threshold))
+
+
+@dataclass
+class MaskStats:
+    """Accumulates pixel counts over batches of mask logits and targets."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+    image_recalls: list[float] = field(default_factory=list)
+
+    def update(self, logits: np.ndarray, target: np.ndarray) -> None:
+        """Add a batch: logits and 0/1 targets of the same shape [N, H, W] (N images)."""
+        logits, target = np.asarray(logits), np.asarray(target)
+        if logits.shape != target.shape:
+            raise ValueError(f"mask logits {logits.shape} and targets {target.shape} differ in shape")
+        pred = logits.reshape(-1, *logits.shape[-2:]) >= 0.0  # sigmoid(logit) >= 0.5
+        true = target.reshape(-1, *target.shape[-2:]) >= 0.5
+        tp = (pred & true).sum(axis=(1, 2))
+        fn = (~pred & true).sum(axis=(1, 2))
+        self.tp += int(tp.sum())
+        self.fp += int((pred & ~true).sum())
+        self.fn += int(fn.sum())
+        self.tn += int((~pred & ~true).sum())
+        positives = tp + fn
+        # Images with no diver pixel have recall 1 when nothing is missed (nothing to miss).
+        self.image_recalls.extend(np.where(positives > 0, tp / np.maximum(positives, 1), 1.0).tolist())
+
+    def summary(self) -> dict[str, float]:
+        """IoU, F1, F2, accuracy (micro over pixels) and recall (mean over images)."""
+        tp, fp, fn, tn = self.tp, self.fp, self.fn, self.tn
+
+        def ratio(a: float, b: float) -> float:
+            return float(a / b) if b else float("nan")
+
+        return {
+            "mask_iou": ratio(tp, tp + fp + fn),
+            "mask_f1": ratio(2 * tp, 2 * tp + fp + fn),
+            "mask_f2": ratio(5 * tp, 5 * tp + 4 * fn + fp),
+            "mask_accuracy": ratio(tp + tn, tp + fp + fn + tn),
+            "mask_recall": float(np.mean(self.image_recalls)) if self.image_recalls else float("nan"),
+        }
+
+
+def score_metrics(pred, true) -> dict[str, float]:
+    """rho, L2 and relative L2 x100 of predicted against true final scores."""
+    return {"rho": spearman_rho(pred, true), "l2": l2(pred, true), "rl2_x100": 100 * relative_l2(pred, true)}

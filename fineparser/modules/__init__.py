@@ -1,0 +1,1 @@
+"""The parts of the FineParser network, one file each; `fineparser.model` composes them."""
