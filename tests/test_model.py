@@ -109,3 +109,13 @@ def test_config_yaml_round_trip_and_unknown_keys():
         FineParserConfig.preset("tiny", token_dim=32)
     with pytest.raises(ConfigError, match="known presets"):
         FineParserConfig.preset("huge")
+
+
+def test_summary_reports_the_decomposition_gain():
+    from fineparser.summary import format_summary, summarise
+
+    s = summarise("tiny", exemplars=10)
+    # One encode instead of 2 x 10 encodes (query and exemplar each pair): at least 10x fewer FLOPs.
+    assert s["ratio"] > 10
+    assert s["pair_head_total"] < 0.1 * s["encode_total"]
+    assert "ratio paper / ours" in format_summary(s)
