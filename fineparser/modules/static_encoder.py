@@ -11,6 +11,23 @@ from fineparser.modules.conv1d import Down1d, InConv1d
 from fineparser.resample import FRAME_SEGMENT_SIZES, resample_frames
 
 
+def _narrow_stem(backbone: ResNet, width: int) -> None:
+    """Give a timm ResNet a stem of `width` channels (timm fixes the plain stem at 64).
+
+    With width == channels[0] the first block needs no projection, exactly like ResNet-34's, so
+    narrow presets keep ResNet-34's graph instead of paying for a 64-wide stem on 96 frames.
+    """
+    if backbone.conv1.out_channels == width:
+        return
+    backbone.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+    backbone.bn1 = nn.BatchNorm2d(width)
+    first = backbone.layer1[0]
+    planes = first.conv1.out_channels
+    first.conv1 = nn.Conv2d(width, planes, 3, padding=1, bias=False)
+    first.downsample = None if width == planes else nn.Sequential(
+        nn.Conv2d(width, planes, 1, bias=False), nn.BatchNorm2d(planes))
+
+
 class StaticVisualEncoder(nn.Module):
     """ResNet on all 96 frames, segment-resampled with the clip's transitions, three Conv1d towers."""
 
@@ -20,6 +37,7 @@ class StaticVisualEncoder(nn.Module):
         # checkpoint's `fc` is never used, so the module does not carry it.
         self.backbone = ResNet(BasicBlock, config.sve_layers, num_classes=0, channels=tuple(config.sve_channels),
                                stem_width=config.sve_channels[0], global_pool="avg")
+        _narrow_stem(self.backbone, config.sve_channels[0])
         self.dim = config.sve_dim
         for tower, segment in enumerate(FRAME_SEGMENT_SIZES, start=1):
             setattr(self, f"inc{tower}", InConv1d(segment, 48))
