@@ -39,3 +39,13 @@ def tiny_model():
     model = FineParser(FineParserConfig.preset("tiny"))
     randomise_batchnorm(model)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A small synthetic dataset (12 dives, two dive numbers per board: repeats in train and test)."""
+    from fineparser.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, 12, seed=3, dive_pool=2, progress=False)
+    return root
