@@ -107,13 +107,6 @@ class FineParserConfig:
         """Names accepted by `preset`."""
         return tuple(_PRESETS)
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> FineParserConfig:
-        """The named preset (`full`, `small`, `tiny`), optionally with fields overridden."""
-        if name not in _PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(_PRESETS)}")
-        return cls.from_dict({**overrides, "preset": name})
-
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON/checkpoint friendly)."""
         return dataclasses.asdict(self)
@@ -153,3 +146,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(i3d_width=0.125, side_channels=4, sve_layers=[1, 1, 1, 1], sve_channels=[16, 32, 64, 128],
                  token_dim=16, decoder_heads=2, decoder_depth=2, regressor_hidden=[64, 16]),
 }
+
+
+def _preset(cls: type[FineParserConfig], name: str, **overrides: Any) -> FineParserConfig:
+    """The named preset (`full`, `small`, `tiny`), optionally with fields overridden."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(_PRESETS)}")
+    return cls.from_dict({**overrides, "preset": name})
+
+
+# Attached after the dataclass is built: the field `preset` (an instance value) and the class-level
+# constructor `FineParserConfig.preset(name)` share a name, and the field must keep its "full" default.
+FineParserConfig.preset = classmethod(_preset)  # type: ignore[assignment]

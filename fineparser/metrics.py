@@ -35,7 +35,8 @@ def spearman_rho(pred, true) -> float:
     """Spearman rank correlation (ties get average ranks); nan when either side is constant."""
     pred, true = np.asarray(pred, dtype=np.float64).ravel(), np.asarray(true, dtype=np.float64).ravel()
     if pred.shape != true.shape or len(pred) < 2:
-        raise ValueError(f"spearman_rho needs two equal-length sequences of >= 2 values, got {pred.shape}, {true.shape}")
+        raise ValueError(f"spearman_rho needs two equal-length sequences of >= 2 values, got {pred.shape}, "
+                         f"{true.shape}")
     rp, rt = _ranks(pred), _ranks(true)
     rp, rt = rp - rp.mean(), rt - rt.mean()
     denom = np.sqrt((rp ** 2).sum() * (rt ** 2).sum())

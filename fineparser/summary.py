@@ -55,7 +55,8 @@ def summarise(preset: str, exemplars: int = 10) -> dict:
         pair_total, _ = _flops_by_part(lambda: model(clip, clip, with_masks=True))
     paper = exemplars * pair_total
     ours = encode_total + head_total
-    return {"preset": preset, "params": parameter_counts(model), "groups": _params_by_class(model), "encode_flops": encode_parts,
+    return {"preset": preset, "params": parameter_counts(model), "groups": _params_by_class(model),
+            "encode_flops": encode_parts,
             "encode_total": encode_total, "pair_head_flops": head_parts, "pair_head_total": head_total,
             "paper_total": paper, "ours_total": ours, "ratio": paper / ours, "exemplars": exemplars}
 

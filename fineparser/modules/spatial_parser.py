@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from fineparser.config import FineParserConfig
 from fineparser.modules.i3d import I3DTrunk
+from fineparser.modules.upsample import SubpixelConvTranspose3d
 
 # (kernel, stride, padding) of the transposed convolutions that bring each tap back to 16x112x112.
 _UPSAMPLE = (
@@ -35,8 +36,8 @@ class SpatialActionParser(I3DTrunk):
         for i, (tap, (kernel, stride, pad)) in enumerate(zip(self.TAP_NAMES, _UPSAMPLE), start=1):
             setattr(self, f"side_prep{i}", nn.Conv3d(self.tap_channels[tap], side, 1, bias=False))
             setattr(self, f"score_dsn{i}", nn.Conv3d(side, 1, 1))
-            setattr(self, f"upsample{i}", nn.ConvTranspose3d(side, side, kernel, stride, pad, bias=False))
-            setattr(self, f"upsample{i}_", nn.ConvTranspose3d(1, 1, kernel, stride, pad, bias=False))
+            setattr(self, f"upsample{i}", SubpixelConvTranspose3d(side, side, kernel, stride, pad))
+            setattr(self, f"upsample{i}_", SubpixelConvTranspose3d(1, 1, kernel, stride, pad))
         self.fuse = nn.Conv3d(4 * side, 1, 1)
         self._init_side_branches()
 
