@@ -24,6 +24,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from fineparser.data import (  # the reader owns the layout names; the generator writes them
+    ANNOTATION_FILE,
+    ANNOTATIONS_DIR,
+    FRAMES_DIR,
+    MASKS_DIR,
+    TEST_SPLIT_FILE,
+    TRAIN_SPLIT_FILE,
+)
 from fineparser.synth.dives import (
     DIVE_TABLE,
     HEIGHTS,
@@ -54,12 +62,6 @@ from fineparser.synth.render import (
 log = logging.getLogger(__name__)
 
 SYNTH_VERSION = "1.0"
-FRAMES_DIR = "FINADiving_MTL_256s"
-MASKS_DIR = "diving_mask_annotation"
-ANNOTATIONS_DIR = "Annotations"
-ANNOTATION_FILE = "fine-grained_annotation_aqa.pkl"
-TRAIN_SPLIT_FILE = "train_split.pkl"
-TEST_SPLIT_FILE = "test_split.pkl"
 METADATA_FILE = "synth.json"
 GENERATED = (FRAMES_DIR, MASKS_DIR, ANNOTATIONS_DIR, METADATA_FILE)
 """Entries of an output folder that generate_dataset writes (and --overwrite replaces)."""
@@ -70,6 +72,7 @@ MASK_JPEG_QUALITY = 100  # thresholding the decoded mask at 128 gives back the e
 PICKLE_PROTOCOL = 4
 
 _STREAM_CHOICE, _STREAM_QUALITY, _STREAM_JUDGES, _STREAM_RENDER = range(4)
+_STREAM_VENUE = 4  # competition-level stream: the venue every dive of that competition shares
 _FIRST = (
     "Ana",
     "Ben",
@@ -243,9 +246,12 @@ def synth_dive(
     award = expected_judge_award(quality)
     judges = sample_judge_scores(award, streams[_STREAM_JUDGES], num_judges, comp.judge_bias)
     rng = streams[_STREAM_RENDER]
-    geometry = make_geometry(frame_height, comp.board, rng, width=frame_width)
+    # One venue per competition (camera framing, hall, lighting), as in a broadcast: the background
+    # then tells a model which competition a dive is from, not which dive it is.
+    venue = np.random.default_rng([seed, comp.index, _STREAM_VENUE, namespace])
+    geometry = make_geometry(frame_height, comp.board, venue, width=frame_width)
     plan = plan_dive(info, comp.board, quality, rng, geometry, num_frames=num_frames)
-    scene = make_scene(geometry, rng, plain=plain_background)
+    scene = make_scene(geometry, rng, plain=plain_background, venue_rng=venue)
     return SynthDive(
         index,
         comp,

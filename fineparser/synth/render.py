@@ -659,18 +659,25 @@ def _draw_structure(img: np.ndarray, g: Geometry, rng: np.random.Generator, ox: 
         cv2.rectangle(img, (end - int(74 * k), top + int(14 * k)), (end - int(30 * k), water), stand, -1)
 
 
-def make_scene(geometry: Geometry, rng: np.random.Generator, plain: bool = False) -> Scene:
-    """Render a dive's background once: hall/sky, stands, pool, board, lighting and sensor noise."""
+def make_scene(geometry: Geometry, rng: np.random.Generator, plain: bool = False,
+               venue_rng: np.random.Generator | None = None) -> Scene:
+    """Render a dive's background once: hall/sky, stands, pool, board, lighting and sensor noise.
+
+    The diver's colours come from `rng`; the venue (background, lighting) from `venue_rng` when given,
+    so that all dives of one competition share a venue, as in a real broadcast.
+    """
     g = geometry
+    diver_rng = rng
+    rng = venue_rng if venue_rng is not None else rng
     k = g.scale
     h, w = g.height, g.width + 2 * g.pan_margin
     palette = np.zeros((256, 3), np.uint8)
-    skin = np.array([rng.uniform(170, 250), rng.uniform(120, 200), rng.uniform(90, 160)])
-    suit = np.array(_SUITS[int(rng.integers(len(_SUITS)))], np.float64)
-    stripe = np.array(_STRIPES[int(rng.integers(len(_STRIPES)))], np.float64)
+    skin = np.array([diver_rng.uniform(170, 250), diver_rng.uniform(120, 200), diver_rng.uniform(90, 160)])
+    suit = np.array(_SUITS[int(diver_rng.integers(len(_SUITS)))], np.float64)
+    stripe = np.array(_STRIPES[int(diver_rng.integers(len(_STRIPES)))], np.float64)
     if np.abs(stripe - suit).sum() < 120:
         stripe = 255.0 - suit
-    hair = np.array([rng.uniform(10, 90), rng.uniform(5, 60), rng.uniform(0, 40)])
+    hair = np.array([diver_rng.uniform(10, 90), diver_rng.uniform(5, 60), diver_rng.uniform(0, 40)])
     if plain:
         bg = np.empty((h, w, 3), np.uint8)
         bg[:] = PLAIN_BACKGROUND
