@@ -40,14 +40,46 @@ def encode_latency() -> list[tuple[str, str, float]]:
     return rows
 
 
+def _train_step(dtype: torch.dtype | None) -> tuple[float, float]:
+    """Median ms of one `full` training step (one pair, both directions, masks on) and peak GiB."""
+    import torch.nn.functional as F
+
+    torch.cuda.reset_peak_memory_stats()
+    model = FineParser(FineParserConfig.preset("full")).cuda().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    a, b = torch.randn(2, 1, 3, 96, 112, 112, device="cuda")
+    t = torch.tensor([[20, 70]], device="cuda")
+    target = torch.ones(1, device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(a, b, t, t)
+            loss = F.mse_loss(out.delta_12.float(), target) + out.mask_logits.float().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = cuda_ms(step, runs=5, warmup=2)
+    return ms, torch.cuda.max_memory_allocated() / 2**30
+
+
+def train_steps() -> list[tuple[str, str, float]]:
+    """`full` training step time and peak memory on one GPU, fp32 vs bf16 autocast."""
+    rows = []
+    for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
+        ms, peak = _train_step(dtype)
+        rows += [("train step full (1 pair)", name, ms), ("  peak memory (GiB)", name, peak)]
+    return rows
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible; nothing measured")
-    rows = encode_latency()
+    rows = encode_latency() + train_steps()
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    print(f"{'measurement':<24}{'precision':<16}{'ms (median)':>12}")
+    print(f"{'measurement':<28}{'precision':<16}{'ms (median)':>12}")
     for what, precision, ms in rows:
-        print(f"{what:<24}{precision:<16}{ms:>12.2f}")
+        print(f"{what:<28}{precision:<16}{ms:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class FineParserConfig:
     decoder_mlp_ratio: float = 4.0
     regressor_hidden: list[int] = field(default_factory=lambda: [256, 64])
     voter_number: int = 10
+    score_scale: float = 1.0
+    """Multiplies the pair head's deltas (1.0 in the paper).  Small models trained briefly reach the
+    tens-of-points scale of diving scores sooner with a larger value; it is part of the model."""
 
     # ---- derived widths -------------------------------------------------------------------
     def i3d_stem(self) -> dict[str, int]:
@@ -94,6 +97,8 @@ class FineParserConfig:
             problems.append("sve_layers and sve_channels need 4 entries (ResNet stages)")
         if len(self.regressor_hidden) != 2:
             problems.append("regressor_hidden needs 2 entries")
+        if not self.score_scale > 0:
+            problems.append("score_scale must be > 0")
         if self.voter_number < 1:
             problems.append("voter_number must be >= 1")
         if self.side_channels < 1 or self.decoder_depth < 1:

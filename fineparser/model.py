@@ -187,7 +187,7 @@ class FineParser(nn.Module):
         k = dynamic.shape[0]
         d1 = self.regressor_delta1(dynamic).reshape(k, 3, -1).mean(-1)  # step means of the 36 dynamic rows
         d2 = self.regressor_delta2(static).reshape(k, 3, -1).mean(-1)  # step means of the 12 static rows
-        step_deltas = self.step_weights * (d1 + d2) / 2
+        step_deltas = self.step_weights * (d1 + d2) * (self.config.score_scale / 2)
         return PairOutput(delta=step_deltas.sum(-1), step_deltas=step_deltas)
 
     @staticmethod
