@@ -1,0 +1,336 @@
+"""`fineparser-export CKPT --out PKG`: a trained checkpoint -> a self-describing model package.
+
+    fineparser-export runs/hm/best.pt --out packages/hm --data-root /data/FineDiving
+    fineparser-export best.pth --official --preset full --out packages/paper --data-root /data/FineDiving
+    fineparser-export runs/hm/best.pt --out packages/hm --data-root /data/FineDiving --engine
+
+Exit codes: 0 done; 1 the export failed its parity check or an engine build failed; 2 bad input
+(checkpoint, data root, output directory); 3 --engine asked for but TensorRT is not available
+(the package itself was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fineparser import spec
+from fineparser.package import (
+    BANK_BIN_FILE,
+    BANK_NPZ_FILE,
+    ENCODER_FILE,
+    ENCODER_MASKS_FILE,
+    EXEMPLAR_DIM,
+    FALLBACK_ORDER,
+    MANIFEST_FILE,
+    PACKAGE_FORMAT,
+    PACKAGE_FORMAT_VERSION,
+    PAIR_HEAD_FILE,
+    PackageError,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from fineparser.preprocess import center_crop_top
+
+log = logging.getLogger("export")
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_PARITY_CLIPS = 3
+
+
+class ExportError(RuntimeError):
+    """An export that cannot go on; `code` is the process exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of fineparser-export."""
+    from fineparser.config import FineParserConfig
+
+    parser = argparse.ArgumentParser(prog="fineparser-export", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint in our format (or the paper's best.pth with --official)")
+    parser.add_argument("--out", type=Path, required=True, help="package directory to write (replaced if it is one)")
+    parser.add_argument("--official", action="store_true", help="CKPT is the paper's best.pth (module state dicts)")
+    parser.add_argument("--preset", default="full", choices=FineParserConfig.preset_names(),
+                        help="architecture of an --official checkpoint (default: full, the paper's)")
+    parser.add_argument("--data-root", type=Path, help="FineDiving root: bank from its training split, parity "
+                        "clips from its test split (without it: no bank, random parity clips)")
+    parser.add_argument("--exemplars-per-dive", type=int, metavar="K",
+                        help="keep K exemplars per dive number, spread over their scores (default: all)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument("--no-masks-graph", action="store_true", help="skip encoder_masks.onnx (overlay masks)")
+    parser.add_argument("--parity-clips", type=int, default=DEFAULT_PARITY_CLIPS, metavar="N",
+                        help=f"query clips of the parity check (default {DEFAULT_PARITY_CLIPS})")
+    parser.add_argument("--engine", action="store_true", help="also build TensorRT engines (needs tensorrt + GPU)")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma list of fp32,fp16,int8; fp16/int8 come from fineparser-calibrate (default fp32)")
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _tool_version() -> str:
+    try:
+        return metadata.version("fineparser")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _versions(opset: int) -> dict[str, Any]:
+    import onnx
+    import torch
+
+    versions: dict[str, Any] = {"python": platform.python_version(), "numpy": np.__version__,
+                                "torch": torch.__version__, "onnx": onnx.__version__, "opset": opset}
+    versions["fineparser"] = _tool_version()
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _input_spec() -> dict[str, Any]:
+    return {
+        "name": "frames", "dtype": "uint8", "shape": [1, spec.NUM_FRAMES, spec.FRAME_SIZE, spec.FRAME_SIZE, 3],
+        "layout": "[clip, frame, height, width, channel]", "color": "RGB",
+        "frame_sampling": f"{spec.NUM_FRAMES} frames at linspace(first, last, {spec.NUM_FRAMES}) over the dive",
+        "resize_hw": list(spec.RESIZE_HW), "resize": "antialiased bilinear (PIL-equivalent), aspect not kept",
+        "crop": {"size": spec.FRAME_SIZE, "top": center_crop_top(spec.RESIZE_HW[0]), "left": 0, "mode": "centre"},
+        "reference_implementation": "fineparser.preprocess.prepare_frame",
+    }
+
+
+def _normalisation() -> dict[str, Any]:
+    return {"in_graph": True, "scale": "1/255", "mean": list(spec.IMAGENET_MEAN), "std": list(spec.IMAGENET_STD),
+            "formula": "(x / 255 - mean) / std per RGB channel, then [1,3,96,112,112]"}
+
+
+def load_source_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The model to export and the manifest's `source` section; CheckpointError on a wrong file."""
+    from fineparser.checkpoint import import_official, load_model
+    from fineparser.config import FineParserConfig
+
+    start = time.perf_counter()
+    path = args.checkpoint
+    if args.official:
+        model = import_official(path, FineParserConfig.preset(args.preset))
+        kind = "official"
+    else:
+        model, _ = load_model(path)
+        kind = "fineparser-checkpoint"
+    source = {"checkpoint": str(path.resolve()), "sha256": sha256_file(path), "kind": kind}
+    log.info("loaded %s checkpoint %s (preset %s, %.1f M parameters, %.1f s)", kind, path, model.config.preset,
+             sum(p.numel() for p in model.parameters()) / 1e6, time.perf_counter() - start)
+    return model, source
+
+
+def _open_index(data_root: Path, voter_number: int) -> Any:
+    from fineparser.data import DataError, DataPaths, FineDivingIndex
+
+    try:
+        return FineDivingIndex(DataPaths.discover(data_root), voter_number=voter_number)
+    except DataError as exc:
+        raise ExportError(f"error: --data-root {data_root}: {_one_line(exc)}", 2) from exc
+
+
+def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], index: Any = None,
+                   exemplars_per_dive: int | None = None, opset: int | None = None, with_masks: bool = True,
+                   parity_clip_count: int = DEFAULT_PARITY_CLIPS) -> dict[str, Any]:
+    """Write every package file and manifest.json into `package_dir`; returns the manifest."""
+    from export.audit import audit_files
+    from export.bank import build_bank, choose_exemplars, write_bank
+    from export.onnx_export import DEFAULT_OPSET, export_encoder, export_pair_head
+    from export.parity import format_parity_table, parity_clips, run_parity
+
+    opset = opset or DEFAULT_OPSET
+    model = model.eval()
+    graphs = {"encoder": {"file": ENCODER_FILE, **export_encoder(model, package_dir / ENCODER_FILE, opset)}}
+    if with_masks:
+        graphs["encoder_masks"] = {"file": ENCODER_MASKS_FILE, "use": "overlays only",
+                                   **export_encoder(model, package_dir / ENCODER_MASKS_FILE, opset, with_masks=True)}
+    graphs["pair_head"] = {"file": PAIR_HEAD_FILE, "dynamic_dims": {EXEMPLAR_DIM: "number of exemplars"},
+                           **export_pair_head(model, package_dir / PAIR_HEAD_FILE, opset)}
+    files = [g["file"] for g in graphs.values()]
+
+    bank = None
+    if index is not None:
+        bank = build_bank(model, index, choose_exemplars(index, exemplars_per_dive))
+        if exemplars_per_dive is not None:
+            bank.metadata["exemplars_per_dive"] = exemplars_per_dive
+        write_bank(bank, package_dir, BANK_NPZ_FILE, BANK_BIN_FILE)
+        files += [BANK_NPZ_FILE, BANK_BIN_FILE]
+        bank_section = {"status": "bank", "file": BANK_NPZ_FILE, "binary": BANK_BIN_FILE, **bank.summary()}
+    else:
+        log.warning("no --data-root: the package has no exemplar bank and cannot score dives until one is built "
+                    "(re-export with --data-root DIR)")
+        bank_section = {"status": "no bank", "reason": "exported without --data-root",
+                        "how_to_add": "fineparser-export CKPT --out PKG --data-root DIR"}
+
+    clips = parity_clips(index, parity_clip_count)
+    parity = run_parity(model, {name: package_dir / g["file"] for name, g in graphs.items()}, clips, bank,
+                        model.config.voter_number)
+    print(format_parity_table(parity), flush=True)
+
+    start = time.perf_counter()
+    audit = audit_files({name: (package_dir / g["file"], list(g.get("dynamic_dims", {})))
+                         for name, g in graphs.items()})
+    log.info("TensorRT-readiness audit %s in %.1f s", "passed" if audit["passed"] else "FAILED",
+             time.perf_counter() - start)
+
+    manifest = {
+        "format": PACKAGE_FORMAT,
+        "format_version": PACKAGE_FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {"config": model.config.to_dict(), "preset": model.config.preset,
+                  "parameters": int(sum(p.numel() for p in model.parameters()))},
+        "source": source,
+        "input": _input_spec(),
+        "normalisation": _normalisation(),
+        "windows": {"starts": list(spec.WINDOW_STARTS), "length": spec.WINDOW_LENGTH},
+        "steps": {"names": list(spec.STEP_NAMES), "weights": list(spec.STEP_WEIGHTS)},
+        "graphs": graphs,
+        "scoring": {"rule": "score = mean over k of (final_score[k] + delta[k])",
+                    "voter_number": model.config.voter_number, "exemplar_choice": "ExemplarBank.select",
+                    "fallback_order": list(FALLBACK_ORDER)},
+        "bank": bank_section,
+        "parity": parity,
+        "audit": audit,
+        "variants": [{"name": "fp32", "precision": "fp32",
+                      "files": {name: g["file"] for name, g in graphs.items()},
+                      "parity": {"score_drift": parity["score_drift"]["max"],
+                                 "tolerance": parity["score_drift"]["tolerance"], "passed": parity["passed"],
+                                 "report": "manifest['parity']"}}],
+        "engines": [],
+        "versions": _versions(opset),
+    }
+    start = time.perf_counter()
+    write_manifest(package_dir, manifest, files)
+    log.info("saved %s (%d files hashed, %.1f s)", MANIFEST_FILE, len(files), time.perf_counter() - start)
+    return read_manifest(package_dir)
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    """Move the finished staging directory onto `target` (an older package there is replaced)."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not (out.is_dir() and (out / MANIFEST_FILE).is_file()):
+        raise ExportError(f"error: --out {out} exists and is not a model package; choose another directory "
+                          "(an existing package there would be replaced)", 2)
+    if out.exists():
+        try:
+            read_manifest(out)
+        except PackageError as exc:
+            raise ExportError(f"error: --out {out}: {_one_line(exc)}; choose another directory", 2) from exc
+
+
+def _build_engines(out: Path) -> int:
+    from export.tensorrt import MISSING_MESSAGE, TensorRTUnavailable, build_package_engines, tensorrt_available
+
+    if not tensorrt_available():
+        print(MISSING_MESSAGE.format(package=out), file=sys.stderr)
+        return 3
+    manifest = read_manifest(out)
+    try:
+        records = build_package_engines(out, {name: g["file"] for name, g in manifest["graphs"].items()})
+    except TensorRTUnavailable as exc:
+        print(f"error: --engine: {_one_line(exc)}; the package without engines is in {out}", file=sys.stderr)
+        return 3
+    except RuntimeError as exc:
+        print(f"error: --engine: {_one_line(exc)}; the package without engines is in {out}", file=sys.stderr)
+        return 1
+    manifest["engines"] = [r.to_dict() for r in records]
+    # Engines are a per-GPU cache (checked by their key), not package content: not hashed.
+    write_manifest(out, manifest)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run fineparser-export; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    precisions = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        print(f"error: --precision {args.precision}: unknown {', '.join(unknown)} (known: {', '.join(PRECISIONS)})",
+              file=sys.stderr)
+        return 2
+    if any(p != "fp32" for p in precisions):
+        log.warning("fp16/int8 variants are produced by `fineparser-calibrate PKG` (not yet available); "
+                    "exporting fp32 only")
+    for option, value in (("--exemplars-per-dive", args.exemplars_per_dive), ("--parity-clips", args.parity_clips)):
+        if value is not None and value < 1:
+            print(f"error: {option} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    out: Path = args.out
+    start = time.perf_counter()
+    staging: Path | None = None
+    try:
+        _check_output(out)
+        log.info("fineparser-export %s: %s -> %s", _tool_version(), args.checkpoint, out)
+        from fineparser.checkpoint import CheckpointError
+
+        try:
+            model, source = load_source_model(args)
+        except CheckpointError as exc:
+            raise ExportError(f"error: {_one_line(exc)}", 2) from exc
+        index = _open_index(args.data_root, model.config.voter_number) if args.data_root else None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Everything is written next to the target and renamed into place at the end: a crash
+        # leaves no half-written package behind.
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the package from other users of the box
+        manifest = export_package(model, staging, source=source, index=index,
+                                  exemplars_per_dive=args.exemplars_per_dive, opset=args.opset,
+                                  with_masks=not args.no_masks_graph, parity_clip_count=args.parity_clips)
+        drift = manifest["parity"]["score_drift"]
+        if not manifest["parity"]["passed"]:
+            raise ExportError(f"error: fp32 score drift {drift['max']:.2e} exceeds {drift['tolerance']:.0e} "
+                              "(parity table above): the ONNX graphs do not reproduce the model; "
+                              f"nothing was written to {out}", 1)
+        _replace_directory(staging, out)
+        staging = None
+    except ExportError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("package ready: %s (%.1f s)", out, time.perf_counter() - start)
+    if args.engine:
+        return _build_engines(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

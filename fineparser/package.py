@@ -1,0 +1,498 @@
+"""The model package: a directory an edge box runs without torch (numpy + json only).
+
+``fineparser-export`` writes it, ``fineparser-calibrate`` adds precision variants to it, the
+runtime and the C++ demo read it.  Layout (see docs/export.md)::
+
+    manifest.json        what everything is: config, input spec, graphs, bank summary, hashes
+    encoder.onnx         uint8 frames [1, 96, 112, 112, 3] -> QueryFeatures
+    encoder_masks.onnx   the same plus mask logits (overlays only; optional)
+    pair_head.onnx       query features x K exemplars -> delta [K], step_deltas [K, 3]
+    bank.npz / bank.bin  the exemplars' encoder outputs, scores, dive numbers (optional)
+    engines/             TensorRT engines, a per-GPU cache (not hashed in the manifest)
+
+Every file listed in ``manifest["files"]`` carries its sha256 and size; :func:`load_package`
+refuses a package whose files do not match.  A later tool adds files with :func:`add_variant`
+(or edits the manifest and calls :func:`write_manifest` with the new files), which re-hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGE_FORMAT = "fineparser-package"
+PACKAGE_FORMAT_VERSION = 1
+
+MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.onnx"
+ENCODER_MASKS_FILE = "encoder_masks.onnx"
+PAIR_HEAD_FILE = "pair_head.onnx"
+BANK_NPZ_FILE = "bank.npz"
+BANK_BIN_FILE = "bank.bin"
+ENGINES_DIR = "engines"
+
+ENCODER_INPUT = "frames"
+ENCODER_OUTPUTS = ("window_features", "transitions", "transition_probs", "static_tokens")
+MASK_OUTPUT = "mask_logits"
+PAIR_HEAD_INPUTS = ("query_window_features", "query_transitions", "query_static_tokens",
+                    "exemplar_window_features", "exemplar_transitions", "exemplar_static_tokens")
+PAIR_HEAD_OUTPUTS = ("delta", "step_deltas")
+EXEMPLAR_DIM = "K"
+"""The only dynamic dimension of any graph: the number of exemplars fed to the pair head."""
+
+BANK_ARRAYS = ("window_features", "transitions", "static_tokens", "final_score", "difficulty")
+"""Numeric arrays of a bank, in bank.npz and bank.bin."""
+BANK_STRINGS = ("dive_number", "clip_id")
+"""String arrays of a bank (bank.bin keeps them in its JSON header)."""
+BANK_BIN_MAGIC = b"FPBANK01"
+BANK_BIN_ALIGN = 64
+"""Every raw array in bank.bin starts at a multiple of this many bytes (SIMD/mmap friendly)."""
+
+FALLBACK_ORDER = ("same dive number", "same group (first digit) and position letter", "any dive")
+"""Where exemplars come from when a dive number has none in the bank, in this order."""
+
+
+class PackageError(ValueError):
+    """A model package that is missing, foreign, corrupted or inconsistent."""
+
+
+# --------------------------------------------------------------------------- hashing, manifest
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(package_dir: str | os.PathLike, relative: str) -> dict[str, Any]:
+    """The manifest entry of one package file: sha256 and size in bytes."""
+    path = Path(package_dir) / relative
+    if not path.is_file():
+        raise PackageError(f"{path}: cannot hash a file that does not exist")
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temporary file next to `path`, fsync, rename (readers never see half a file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the manifest from the box's service user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(package_dir: str | os.PathLike, manifest: Mapping[str, Any],
+                   files: Iterable[str] | None = None) -> dict[str, Any]:
+    """Hash `files` (default: those already listed) into manifest["files"] and write manifest.json.
+
+    Entries of files already listed are re-hashed too, so a tool that rewrote one (a calibrated
+    variant, a rebuilt bank) only has to name new files.
+    """
+    root = Path(package_dir)
+    out = dict(manifest)
+    out.setdefault("format", PACKAGE_FORMAT)
+    out.setdefault("format_version", PACKAGE_FORMAT_VERSION)
+    names = list(dict.fromkeys([*dict(out.get("files") or {}), *(files or [])]))
+    for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts or name == MANIFEST_FILE:
+            raise PackageError(f"manifest file entries are paths inside the package, got {name!r}")
+    out["files"] = {name: file_entry(root, name) for name in sorted(names)}
+    _atomic_write_text(root / MANIFEST_FILE, json.dumps(out, indent=2, sort_keys=False) + "\n")
+    return out
+
+
+def add_variant(package_dir: str | os.PathLike, variant: Mapping[str, Any], files: Iterable[str]) -> dict[str, Any]:
+    """Record a precision variant (e.g. fp16 / int8 ONNX written by calibration) and hash its files."""
+    package = load_package(package_dir, verify=True)
+    manifest = dict(package.manifest)
+    name = variant.get("name")
+    if not name:
+        raise PackageError("a variant needs a 'name' (e.g. 'fp16')")
+    manifest["variants"] = [v for v in manifest.get("variants", []) if v.get("name") != name] + [dict(variant)]
+    return write_manifest(package_dir, manifest, files)
+
+
+# --------------------------------------------------------------------------- package
+
+
+@dataclass
+class ModelPackage:
+    """A verified package directory and its manifest."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a package file (whether or not it exists)."""
+        return self.root / relative
+
+    def has(self, relative: str) -> bool:
+        """Whether the manifest lists this file."""
+        return relative in self.manifest.get("files", {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model config (FineParserConfig.to_dict()) the graphs were exported from."""
+        return self.manifest["model"]["config"]
+
+    @property
+    def encoder_path(self) -> Path:
+        """encoder.onnx (fp32)."""
+        return self.path(ENCODER_FILE)
+
+    @property
+    def encoder_masks_path(self) -> Path | None:
+        """encoder_masks.onnx, or None when the package was exported without it."""
+        return self.path(ENCODER_MASKS_FILE) if self.has(ENCODER_MASKS_FILE) else None
+
+    @property
+    def pair_head_path(self) -> Path:
+        """pair_head.onnx (fp32)."""
+        return self.path(PAIR_HEAD_FILE)
+
+    @property
+    def has_bank(self) -> bool:
+        """Whether the package carries an exemplar bank."""
+        return self.has(BANK_NPZ_FILE)
+
+    @property
+    def variants(self) -> list[dict[str, Any]]:
+        """Precision variants (fp32 always; fp16/int8 once calibration added them)."""
+        return list(self.manifest.get("variants", []))
+
+    def bank(self) -> ExemplarBank:
+        """Load the exemplar bank; a package without one is a PackageError saying how to add it."""
+        if not self.has_bank:
+            raise PackageError(f"{self.root} has no exemplar bank: re-export with "
+                               "`fineparser-export CKPT --data-root DIR` to build one from the training split")
+        return ExemplarBank.from_npz(self.path(BANK_NPZ_FILE))
+
+
+def read_manifest(package_dir: str | os.PathLike) -> dict[str, Any]:
+    """manifest.json of a package, checked for format and version (files not verified)."""
+    root = Path(package_dir)
+    path = root / MANIFEST_FILE
+    if not root.is_dir():
+        raise PackageError(f"{root}: no such package directory")
+    if not path.is_file():
+        raise PackageError(f"{root} is not a model package (no {MANIFEST_FILE}); make one with fineparser-export")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"{path}: cannot be read as JSON ({exc}); re-export the package") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
+        raise PackageError(f"{path} is not a FineParser package manifest (format != {PACKAGE_FORMAT!r})")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or version > PACKAGE_FORMAT_VERSION:
+        raise PackageError(f"{path} has package format version {version}, this toolkit reads up to "
+                           f"{PACKAGE_FORMAT_VERSION}: upgrade fineparser")
+    return manifest
+
+
+def verify_files(package_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    """Check size and sha256 of every file the manifest lists; the first mismatch is a PackageError."""
+    root = Path(package_dir)
+    for name, entry in dict(manifest.get("files", {})).items():
+        path = root / name
+        if not path.is_file():
+            raise PackageError(f"{path}: listed in the manifest but missing; restore it or re-export the package")
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            raise PackageError(f"{path}: size {size} bytes, the manifest says {entry.get('size')}: the file is "
+                               "truncated or was replaced; restore it or re-export the package")
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            raise PackageError(f"{path}: sha256 {digest[:12]}... does not match the manifest "
+                               f"({str(entry.get('sha256'))[:12]}...): the file is corrupted or was modified; "
+                               "restore it or re-export the package")
+
+
+def load_package(path: str | os.PathLike, verify: bool = True) -> ModelPackage:
+    """Open a package directory; with `verify`, every listed file's size and sha256 must match."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if verify:
+        verify_files(root, manifest)
+    return ModelPackage(root=root, manifest=manifest)
+
+
+# --------------------------------------------------------------------------- exemplar bank
+
+
+def spread_indices(scores: Sequence[float] | np.ndarray, k: int) -> np.ndarray:
+    """Positions of `k` items whose scores spread over the range (evenly spaced ranks, lowest and highest kept)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    if k >= n:
+        return np.arange(n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(scores, kind="stable")
+    ranks = np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+    return np.sort(order[ranks])
+
+
+def dive_group(dive_number: str) -> str:
+    """The dive's group: its first digit (1 forward, 2 back, 3 reverse, 4 inward, 5 twisting, 6 armstand)."""
+    text = str(dive_number).strip()
+    return text[:1] if text[:1].isdigit() else ""
+
+
+def dive_position(dive_number: str) -> str:
+    """The position letter (A straight, B pike, C tuck, D free), '' when the number has none."""
+    text = str(dive_number).strip().upper()
+    return text[-1] if text[-1:].isalpha() else ""
+
+
+@dataclass
+class ExemplarBank:
+    """Encoder outputs of the training exemplars with their official scores and dive numbers."""
+
+    window_features: np.ndarray  # float32 [N, 9, D]
+    transitions: np.ndarray  # int64 [N, 2]
+    static_tokens: np.ndarray  # float32 [N, 12, T]
+    final_score: np.ndarray  # float32 [N]
+    difficulty: np.ndarray  # float32 [N]
+    dive_number: np.ndarray  # str [N]
+    clip_id: np.ndarray  # str [N] "competition/clip"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.window_features = np.ascontiguousarray(self.window_features, dtype=np.float32)
+        self.transitions = np.ascontiguousarray(self.transitions, dtype=np.int64)
+        self.static_tokens = np.ascontiguousarray(self.static_tokens, dtype=np.float32)
+        self.final_score = np.ascontiguousarray(self.final_score, dtype=np.float32).reshape(-1)
+        self.difficulty = np.ascontiguousarray(self.difficulty, dtype=np.float32).reshape(-1)
+        self.dive_number = np.asarray(self.dive_number, dtype=str).reshape(-1)
+        self.clip_id = np.asarray(self.clip_id, dtype=str).reshape(-1)
+        n = len(self.final_score)
+        shapes = {"window_features": (self.window_features.ndim == 3, self.window_features.shape),
+                  "transitions": (self.transitions.shape[1:] == (2,), self.transitions.shape),
+                  "static_tokens": (self.static_tokens.ndim == 3, self.static_tokens.shape)}
+        for name, (ok, shape) in shapes.items():
+            if not ok or shape[0] != n:
+                raise PackageError(f"exemplar bank: {name} has shape {list(shape)}, expected {n} rows")
+        for name in ("difficulty", "dive_number", "clip_id"):
+            if len(getattr(self, name)) != n:
+                raise PackageError(f"exemplar bank: {name} has {len(getattr(self, name))} entries, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.final_score)
+
+    # ------------------------------------------------------------------ queries
+
+    def dive_counts(self) -> dict[str, int]:
+        """Exemplars per dive number, sorted by dive number."""
+        numbers, counts = np.unique(self.dive_number, return_counts=True)
+        return {str(n): int(c) for n, c in zip(numbers, counts)}
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's description of this bank."""
+        return {"exemplars": len(self), "dive_numbers": self.dive_counts(),
+                "feature_dim": int(self.window_features.shape[-1]), "token_dim": int(self.static_tokens.shape[-1]),
+                **self.metadata}
+
+    def select(self, dive_number: str, k: int | None = None) -> tuple[np.ndarray, str | None]:
+        """Exemplar indices for a dive number, and a note saying which fallback was used (None: none).
+
+        Order: the same dive number; else the same group (first digit) and position letter; else
+        any dive.  With `k`, at most k of them, chosen to spread over their scores.
+        """
+        if len(self) == 0:
+            raise PackageError("the exemplar bank is empty: no exemplar can be selected")
+        dive_number = str(dive_number).strip()
+        note = None
+        chosen = np.flatnonzero(self.dive_number == dive_number)
+        if chosen.size == 0:
+            group, position = dive_group(dive_number), dive_position(dive_number)
+            groups = np.array([dive_group(d) for d in self.dive_number])
+            positions = np.array([dive_position(d) for d in self.dive_number])
+            chosen = np.flatnonzero((groups == group) & (positions == position)) if group and position else chosen
+            if chosen.size:
+                used = sorted(set(self.dive_number[chosen].tolist()))
+                note = (f"no exemplar of dive {dive_number} in the bank: using group {group} position {position} "
+                        f"({', '.join(used)})")
+            else:
+                chosen = np.arange(len(self))
+                note = (f"no exemplar of dive {dive_number} nor of its group and position in the bank: "
+                        "using exemplars of any dive")
+        if k is not None:
+            chosen = chosen[spread_indices(self.final_score[chosen], k)]
+        return chosen.astype(np.int64), note
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ExemplarBank:
+        """The bank restricted to `indices` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ExemplarBank(self.window_features[idx], self.transitions[idx], self.static_tokens[idx],
+                            self.final_score[idx], self.difficulty[idx], self.dive_number[idx], self.clip_id[idx],
+                            dict(self.metadata))
+
+    def pair_head_inputs(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The exemplar_* feeds of pair_head.onnx for these exemplars."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return {"exemplar_window_features": self.window_features[idx],
+                "exemplar_transitions": self.transitions[idx],
+                "exemplar_static_tokens": self.static_tokens[idx]}
+
+    # ------------------------------------------------------------------ npz
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in (*BANK_ARRAYS, *BANK_STRINGS)}
+
+    def save_npz(self, path: str | os.PathLike) -> Path:
+        """Write bank.npz (no pickled objects: strings are fixed-width unicode arrays)."""
+        path = Path(path)
+        with open(path, "wb") as handle:
+            np.savez(handle, **self._arrays(), metadata=np.asarray(json.dumps(self.metadata)))
+        return path
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike) -> ExemplarBank:
+        """Read bank.npz; a file without the bank's arrays is a PackageError naming what is missing."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [name for name in (*BANK_ARRAYS, *BANK_STRINGS) if name not in data.files]
+                if missing:
+                    raise PackageError(f"{path}: not an exemplar bank (missing {', '.join(missing)})")
+                arrays = {name: data[name] for name in (*BANK_ARRAYS, *BANK_STRINGS)}
+                metadata = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+        except PackageError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise PackageError(f"{path}: cannot be read as an exemplar bank ({exc})") from exc
+        return cls(**arrays, metadata=metadata)
+
+    # ------------------------------------------------------------------ bank.bin (C++)
+
+    def save_bin(self, path: str | os.PathLike) -> Path:
+        """Write bank.bin: magic, u64 LE header length, JSON header, 64-byte aligned raw LE arrays."""
+        return write_bank_bin(path, {name: getattr(self, name) for name in BANK_ARRAYS},
+                              {name: getattr(self, name).tolist() for name in BANK_STRINGS}, self.metadata)
+
+    @classmethod
+    def from_bin(cls, path: str | os.PathLike) -> ExemplarBank:
+        """Read bank.bin (the C++ side's format) back into a bank."""
+        arrays, strings, metadata = read_bank_bin(path)
+        return cls(**arrays, **{name: strings[name] for name in BANK_STRINGS}, metadata=metadata)
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // BANK_BIN_ALIGN) * BANK_BIN_ALIGN
+
+
+def write_bank_bin(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
+                   strings: Mapping[str, list[str]], metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write numeric arrays (float32/int64, C order, little-endian) and string lists as bank.bin."""
+    path = Path(path)
+    entries, blobs = [], []
+    # The header's length depends on the offsets it lists; offsets are relative to the data section,
+    # which starts at the first aligned byte after the header, so the header can be serialised once.
+    offset = 0
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        dtype = {np.dtype(np.float32): "float32", np.dtype(np.int64): "int64"}.get(array.dtype)
+        if dtype is None:
+            raise PackageError(f"bank.bin stores float32 and int64 arrays, {name} is {array.dtype}")
+        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        offset = _aligned(offset)
+        entries.append({"name": name, "dtype": dtype, "shape": list(array.shape), "offset": offset,
+                        "nbytes": len(raw)})
+        blobs.append((offset, raw))
+        offset += len(raw)
+    header = {"format": "fineparser-bank", "format_version": 1, "byte_order": "little",
+              "alignment": BANK_BIN_ALIGN, "offsets": "relative to data_start", "arrays": entries,
+              "strings": {name: [str(s) for s in values] for name, values in strings.items()},
+              "metadata": dict(metadata or {})}
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    data_start = _aligned(len(BANK_BIN_MAGIC) + 8 + len(header_bytes))
+    with open(path, "wb") as handle:
+        handle.write(BANK_BIN_MAGIC)
+        handle.write(struct.pack("<Q", len(header_bytes)))
+        handle.write(header_bytes)
+        handle.write(b"\0" * (data_start - handle.tell()))
+        for start, raw in blobs:
+            handle.write(b"\0" * (data_start + start - handle.tell()))
+            handle.write(raw)
+    return path
+
+
+def read_bank_bin(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, Any]]:
+    """Read bank.bin: (numeric arrays, string lists, metadata); a malformed file is a PackageError."""
+    path = Path(path)
+    data = path.read_bytes()
+    prefix = len(BANK_BIN_MAGIC) + 8
+    if len(data) < prefix or data[:len(BANK_BIN_MAGIC)] != BANK_BIN_MAGIC:
+        raise PackageError(f"{path}: not a bank.bin file (bad magic)")
+    (header_len,) = struct.unpack("<Q", data[len(BANK_BIN_MAGIC):prefix])
+    try:
+        header = json.loads(data[prefix:prefix + header_len].decode("utf-8"))
+    except ValueError as exc:
+        raise PackageError(f"{path}: bank.bin header is not JSON ({exc})") from exc
+    data_start = _aligned(prefix + header_len)
+    arrays = {}
+    for entry in header["arrays"]:
+        start = data_start + entry["offset"]
+        if start + entry["nbytes"] > len(data):
+            raise PackageError(f"{path}: array {entry['name']} runs past the end of the file (truncated?)")
+        dtype = np.dtype(entry["dtype"]).newbyteorder("<")
+        arrays[entry["name"]] = np.frombuffer(data, dtype=dtype, count=entry["nbytes"] // dtype.itemsize,
+                                              offset=start).reshape(entry["shape"]).astype(dtype.newbyteorder("="))
+    return arrays, header.get("strings", {}), header.get("metadata", {})
+
+
+__all__ = [
+    "BANK_ARRAYS",
+    "BANK_BIN_FILE",
+    "BANK_NPZ_FILE",
+    "BANK_STRINGS",
+    "ENCODER_FILE",
+    "ENCODER_INPUT",
+    "ENCODER_MASKS_FILE",
+    "ENCODER_OUTPUTS",
+    "ENGINES_DIR",
+    "EXEMPLAR_DIM",
+    "ExemplarBank",
+    "FALLBACK_ORDER",
+    "MANIFEST_FILE",
+    "MASK_OUTPUT",
+    "ModelPackage",
+    "PACKAGE_FORMAT",
+    "PACKAGE_FORMAT_VERSION",
+    "PAIR_HEAD_FILE",
+    "PAIR_HEAD_INPUTS",
+    "PAIR_HEAD_OUTPUTS",
+    "PackageError",
+    "add_variant",
+    "dive_group",
+    "dive_position",
+    "file_entry",
+    "load_package",
+    "read_bank_bin",
+    "read_manifest",
+    "sha256_file",
+    "spread_indices",
+    "verify_files",
+    "write_bank_bin",
+    "write_manifest",
+]
