@@ -21,3 +21,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The bundled demo model: the `tiny` preset trained by this project's trainer on the synthetic world
+# and exported by its exporter with an exemplar bank (a few MB, committed under demo/package).
+DEMO_WORK ?= runs/demo-model
+demo-model: $(STAMP)
+	$(PY) -m fineparser.synth --out $(DEMO_WORK)/data --dives 300 --seed 0 --workers 2 --quiet --overwrite
+	$(PY) -m train --config configs/synthetic_tiny.yaml --data-root $(DEMO_WORK)/data --out $(DEMO_WORK)/run epochs=4
+	rm -rf demo/package
+	$(VENV)/bin/fineparser-export $(DEMO_WORK)/run/best.pt --out demo/package --data-root $(DEMO_WORK)/data --exemplars-per-dive 5 --no-masks-graph
+
+demo: $(STAMP)
+	$(PY) -m runtime.cli --demo
