@@ -16,24 +16,12 @@ import io
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def median_seconds(fn, runs: int, warmup: int = 1) -> float:
-    """Median wall time of `fn()` over `runs` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds  # bench/timing.py (the script folder is on sys.path)
 
 
 def bench_preset(preset: str, runs: int, exemplars: int, workdir: Path) -> dict[str, float]:

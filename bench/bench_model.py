@@ -8,25 +8,12 @@ Reports numbers; never fails on a slow machine.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import median_seconds  # bench/timing.py (the script folder is on sys.path)
 
 from fineparser.config import FineParserConfig
 from fineparser.model import FineParser, QueryFeatures
-
-
-def median_seconds(fn, runs: int, warmup: int = 1) -> float:
-    """Median wall time of `fn()` over `runs` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
