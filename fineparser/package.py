@@ -180,6 +180,17 @@ class ModelPackage:
         """Precision variants (fp32 always; fp16/int8 once calibration added them)."""
         return list(self.manifest.get("variants", []))
 
+    def variant_files(self, precision: str) -> dict[str, Path]:
+        """Graph name -> file of a precision variant ('fp32' always exists; fp16/int8 after calibration)."""
+        if precision == "fp32":
+            return {"encoder": self.encoder_path, "pair_head": self.pair_head_path}
+        for variant in self.variants:
+            if variant.get("name") == precision:
+                return {graph: self.path(name) for graph, name in variant.get("files", {}).items()}
+        known = ", ".join(["fp32", *[str(v.get("name")) for v in self.variants if v.get("name") != "fp32"]])
+        raise PackageError(f"{self.root} has no {precision} variant (it has: {known}); "
+                           f"make one with `fineparser-calibrate {self.root} --data-root DIR`")
+
     def bank(self) -> ExemplarBank:
         """Load the exemplar bank; a package without one is a PackageError saying how to add it."""
         if not self.has_bank:

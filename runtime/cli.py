@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--package", type=Path, help=f"model package directory (default with --demo: {DEMO_PACKAGE})")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"),
                         help="inference backend; auto: tensorrt (if the package has engines), onnxruntime, torch")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                        help="package variant to run (fp16/int8 made by fineparser-calibrate; onnxruntime backend)")
     parser.add_argument("--checkpoint", help="source checkpoint for --backend torch (default: the manifest's)")
     parser.add_argument("--segment", default="clip", help="clip | timecodes:FILE | operator (default clip)")
     parser.add_argument("--start-list", type=Path, help="CSV order,diver,dive_number,difficulty in competition order")
@@ -80,6 +82,7 @@ class LiveOptions:
     package: Path
     backend: str = "auto"
     checkpoint: str | None = None
+    precision: str = "fp32"
     segment: str = "clip"
     start_list: Path | None = None
     events: Path | None = None
@@ -155,7 +158,8 @@ class LiveSession:
 
     def _load_backend(self) -> None:
         if self.backend is None:
-            self.backend, skipped = choose_backend(self.options.backend, self.package, self.options.checkpoint)
+            self.backend, skipped = choose_backend(self.options.backend, self.package, self.options.checkpoint,
+                                                   self.options.precision)
             for reason in skipped:
                 log.info("auto backend: skipped %s", reason)
         else:
@@ -301,7 +305,7 @@ def _demo_options(args: argparse.Namespace) -> LiveOptions:
 
     truth = json.loads((folder / "broadcast_000.json").read_text())
     options = LiveOptions(source=str(folder / "broadcast_000.mp4"), package=Path(package), backend=args.backend,
-                          segment=f"timecodes:{folder / 'broadcast_000.json'}",
+                          precision=args.precision, segment=f"timecodes:{folder / 'broadcast_000.json'}",
                           start_list=folder / "start_list_000.csv",
                           events=args.events or out / "events.jsonl", overlay=args.overlay or out / "overlay.mp4",
                           serve=args.serve)
@@ -319,7 +323,8 @@ def options_from_args(args: argparse.Namespace) -> LiveOptions:
     if args.package is None:
         raise UsageError("--package PKG is required (a directory written by fineparser-export)")
     return LiveOptions(source=args.source, package=args.package, backend=args.backend, checkpoint=args.checkpoint,
-                       segment=args.segment, start_list=args.start_list, events=args.events, overlay=args.overlay,
+                       precision=args.precision, segment=args.segment, start_list=args.start_list,
+                       events=args.events, overlay=args.overlay,
                        serve=args.serve, realtime=args.realtime, buffer_seconds=args.buffer_seconds,
                        buffer_frames=args.buffer_frames, give_up_after=args.give_up_after,
                        read_timeout=args.read_timeout)

@@ -283,6 +283,26 @@ def test_tensorrt_backend_needs_tensorrt(package):
         load_backend("tensorrt", load_package(package))
 
 
+def test_onnxruntime_gpu_providers_only_with_a_gpu():
+    """onnxruntime-gpu lists CUDA and TensorRT providers on any machine; a CPU box must not ask for them."""
+    from runtime.backends.ort import usable_providers
+
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert usable_providers(listed, gpus=0) == ["CPUExecutionProvider"]
+    with_gpu = usable_providers(listed, gpus=1)
+    assert with_gpu[-2:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert usable_providers(["CPUExecutionProvider"], gpus=1) == ["CPUExecutionProvider"]
+
+
+def test_missing_precision_variant_is_a_clear_error(package):
+    from fineparser.package import load_package
+
+    with pytest.raises(BackendError, match="no int8 variant.*fineparser-calibrate"):
+        load_backend("onnxruntime", load_package(package), precision="int8")
+    with pytest.raises(BackendError, match="onnxruntime backend"):
+        load_backend("torch", load_package(package), precision="fp16")
+
+
 def test_torch_backend_matches_onnxruntime(package, ort_backend):
     from fineparser.package import load_package
 

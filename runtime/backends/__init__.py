@@ -65,12 +65,20 @@ def has_engines(package: ModelPackage) -> bool:
     return all(g in graphs and package.path(graphs[g]["engine"]).is_file() for g in ("encoder", "pair_head"))
 
 
-def load_backend(name: str, package: ModelPackage, checkpoint: str | None = None) -> Backend:
-    """Load one named backend; BackendError says why it cannot."""
+def load_backend(name: str, package: ModelPackage, checkpoint: str | None = None, precision: str = "fp32") -> Backend:
+    """Load one named backend; BackendError says why it cannot.
+
+    ``precision`` picks a variant of the package (fp32, or fp16/int8 made by fineparser-calibrate);
+    the onnxruntime backend runs any of them, the tensorrt backend runs the engines the package
+    records (built from the graphs that were chosen at build time), the torch backend fp32 only.
+    """
     if name == "onnxruntime":
         from runtime.backends.ort import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(package)
+        return OnnxRuntimeBackend(package, precision=precision)
+    if precision != "fp32" and name in ("tensorrt", "torch"):
+        raise BackendError(f"--precision {precision} runs on the onnxruntime backend; the {name} backend runs "
+                           + ("the package's engines" if name == "tensorrt" else "the fp32 checkpoint"))
     if name == "tensorrt":
         from runtime.backends.trt import TensorRTBackend
 
@@ -82,17 +90,18 @@ def load_backend(name: str, package: ModelPackage, checkpoint: str | None = None
     raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
 
 
-def choose_backend(name: str, package: ModelPackage, checkpoint: str | None = None) -> tuple[Backend, list[str]]:
+def choose_backend(name: str, package: ModelPackage, checkpoint: str | None = None,
+                   precision: str = "fp32") -> tuple[Backend, list[str]]:
     """The requested backend, or with ``auto`` the first of AUTO_ORDER that loads, and why others were skipped."""
     if name != "auto":
-        return load_backend(name, package, checkpoint), []
+        return load_backend(name, package, checkpoint, precision), []
     skipped: list[str] = []
     for candidate in AUTO_ORDER:
         if candidate == "tensorrt" and not has_engines(package):
             skipped.append("tensorrt: the package has no engines (fineparser-export --engine builds them)")
             continue
         try:
-            return load_backend(candidate, package, checkpoint), skipped
+            return load_backend(candidate, package, checkpoint, precision), skipped
         except BackendError as exc:
             skipped.append(f"{candidate}: {exc}")
             log.info("backend %s unavailable: %s", candidate, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import numpy as np
@@ -11,6 +12,49 @@ from fineparser.package import ENCODER_OUTPUTS, MASK_OUTPUT, ModelPackage
 log = logging.getLogger(__name__)
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def cuda_device_count() -> int:
+    """CUDA devices the driver reports (0 without a driver or device); no CUDA toolkit needed."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
+def _loadable(*names: str) -> bool:
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def usable_providers(available: list[str], gpus: int | None = None) -> list[str]:
+    """The preferred providers this machine can really run, best first.
+
+    onnxruntime-gpu lists its CUDA and TensorRT providers whether or not a GPU (or TensorRT) is
+    present; asking for them on a CPU-only box costs a failed load and a page of errors.  So GPU
+    providers are kept only when the driver reports a device, TensorRT's only when libnvinfer loads.
+    """
+    gpus = cuda_device_count() if gpus is None else gpus
+    chosen = []
+    for provider in PREFERRED_PROVIDERS:
+        if provider not in available:
+            continue
+        if provider in GPU_PROVIDERS and gpus == 0:
+            continue
+        if provider == "TensorrtExecutionProvider" and not _loadable("libnvinfer.so.10", "libnvinfer.so.11"):
+            continue
+        chosen.append(provider)
+    return chosen or ["CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend:
@@ -18,7 +62,8 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, package: ModelPackage, providers: list[str] | None = None) -> None:
+    def __init__(self, package: ModelPackage, providers: list[str] | None = None, precision: str = "fp32") -> None:
+        from fineparser.package import PackageError
         from runtime.backends import BackendError
 
         try:
@@ -27,13 +72,18 @@ class OnnxRuntimeBackend:
             raise BackendError(f"onnxruntime is not importable ({exc})") from None
         self._ort = ort
         available = ort.get_available_providers()
-        self.providers = providers or [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+        self.providers = providers or usable_providers(available)
         self._package = package
-        self.encoder = self._session(package.encoder_path)
-        self.pair = self._session(package.pair_head_path)
+        try:
+            files = package.variant_files(precision)
+        except PackageError as exc:
+            raise BackendError(str(exc)) from None
+        self.precision = precision
+        self.encoder = self._session(files["encoder"])
+        self.pair = self._session(files["pair_head"])
         self._masks = None
         used = self.encoder.get_providers()[0]
-        self.description = f"onnxruntime {ort.__version__} {used}"
+        self.description = f"onnxruntime {ort.__version__} {used} {precision}"
 
     def _session(self, path):
         from runtime.backends import BackendError

@@ -1,0 +1,227 @@
+"""fineparser-calibrate PKG --data-root DIR: add FP16 and INT8 variants to a model package.
+
+    fineparser-calibrate demo/package --data-root data/synth [--precision fp16,int8]
+        [--method entropy|percentile|max] [--clips 32] [--eval-clips 0] [--cache-dir DIR]
+
+Exit status: 0 every variant met its goals and was recorded; 1 a variant missed its goals (not
+recorded unless --accept-drift); 2 bad arguments, package or data root; 3 NVIDIA ModelOpt missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("fineparser.calibrate")
+
+PRECISIONS = ("fp16", "int8")
+DEFAULT_CLIPS = 32
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from calibration.variants import METHODS
+
+    parser = argparse.ArgumentParser(prog="fineparser-calibrate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("package", type=Path, help="model package directory written by fineparser-export")
+    parser.add_argument("--data-root", type=Path, required=True,
+                        help="FineDiving-layout data root: train split calibrates, test split measures drift")
+    parser.add_argument("--precision", default="fp16,int8", help="variants to make (default: fp16,int8)")
+    parser.add_argument("--method", choices=METHODS, default="entropy",
+                        help="INT8 activation ranges (default: entropy)")
+    parser.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
+    parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
+                        help="calibration clips from the train split, spread over dive numbers "
+                             f"(default: {DEFAULT_CLIPS})")
+    parser.add_argument("--eval-clips", type=int, default=0,
+                        help="held-out clips from the test split for the drift report (default 0: all)")
+    parser.add_argument("--int8-high-precision", choices=("fp16", "fp32"), default="fp32",
+                        help="precision of what INT8 leaves unquantized (default: fp32; fp16 is faster on TensorRT "
+                             "but drifted 1.1 points on the demo model)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where prepared clips are cached as .npy (default: ~/.cache/fineparser/calibration)")
+    parser.add_argument("--no-cache", action="store_true", help="prepare clips without reading or writing the cache")
+    parser.add_argument("--accept-drift", action="store_true",
+                        help="record a variant even when it misses its drift goals (the manifest says so)")
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _pair_head_npz(path: Path, reference: dict[str, np.ndarray], bank: Any, dive_number: str, k: int) -> None:
+    from runtime.backends import pair_feeds
+
+    indices, _ = bank.select(dive_number, k=k)
+    np.savez(path, **pair_feeds(reference, bank.pair_head_inputs(indices)))
+
+
+def _fp32_outputs(encoder: Path, frames: np.ndarray) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    from fineparser.package import ENCODER_INPUT, ENCODER_OUTPUTS
+
+    session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    return dict(zip(ENCODER_OUTPUTS, session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: frames[None]})))
+
+
+def make_variant(precision: str, args: argparse.Namespace, package: Any, work: Path, calib: list, held_out: list,
+                 reference: Any, bank: Any, voter_number: int) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Write one variant's graphs into `work` and measure them; returns (manifest record, files)."""
+    from calibration.drift import drift_report, run_variant
+    from calibration.variants import FP32_OP_TYPES, make_fp16, make_int8
+    from fineparser.package import ENCODER_INPUT
+
+    start = time.perf_counter()
+    frames = np.stack([c.frames for c in calib])
+    if precision == "int8":
+        encoder = work / "encoder_int8.onnx"
+        log.info("int8: ModelOpt PTQ of %s on %d clips (%s)", package.encoder_path.name, len(calib), args.method)
+        info = {"encoder": make_int8(package.encoder_path, encoder, ENCODER_INPUT, frames, method=args.method,
+                                     percentile=args.percentile, high_precision=args.int8_high_precision),
+                "pair_head": {"precision": "fp32", "why": "0.1% of the compute; kept exact"}}
+        files = {"encoder": encoder}
+        pair_head = package.pair_head_path
+        report = drift_report("int8", reference,
+                              run_variant(encoder, pair_head, held_out, bank, voter_number, "int8 drift"), held_out)
+    else:
+        calib_npz, pair_npz = work / "encoder_calib.npz", work / "pair_head_calib.npz"
+        np.savez(calib_npz, **{ENCODER_INPUT: frames[:1]})
+        # K=1: ModelOpt's reference runner slices every input by the first one's batch.
+        _pair_head_npz(pair_npz, _fp32_outputs(package.encoder_path, frames[0]), bank, calib[0].dive_number, 1)
+        encoder, pair_head = work / "encoder_fp16.onnx", work / "pair_head_fp16.onnx"
+        report = info = None
+        for attempt, fp32_ops in enumerate(((), FP32_OP_TYPES)):
+            log.info("fp16: ModelOpt AutoCast of encoder and pair head%s",
+                     "" if not fp32_ops else f", keeping {len(fp32_ops)} op types in fp32 (second attempt)")
+            info = {"encoder": make_fp16(package.encoder_path, encoder, calib_npz, fp32_op_types=fp32_ops),
+                    "pair_head": make_fp16(package.pair_head_path, pair_head, pair_npz, fp32_op_types=fp32_ops)}
+            report = drift_report("fp16", reference,
+                                  run_variant(encoder, pair_head, held_out, bank, voter_number, "fp16 drift"),
+                                  held_out)
+            if report.passed or attempt == 1:
+                break
+            log.warning("fp16 attempt 1 missed its goals (%s): retrying with norms and softmax in fp32",
+                        "; ".join(report.failures))
+        files = {"encoder": encoder, "pair_head": pair_head}
+    record = {"name": precision, "precision": precision,
+              "files": {"encoder": files["encoder"].name, "pair_head": files.get("pair_head", pair_head).name},
+              "how": info, "drift": report.to_dict(), "accepted_with_drift": not report.passed,
+              "seconds": round(time.perf_counter() - start, 1)}
+    return record, files
+
+
+def run(args: argparse.Namespace) -> int:
+    from calibration.clips import default_cache_dir, load_clips, spread_keys
+    from calibration.drift import format_report, run_variant
+    from calibration.variants import CalibrationError, modelopt_version
+    from fineparser.data import DataError, DataPaths, FineDivingIndex
+    from fineparser.package import PackageError, add_variant, load_package
+
+    precisions = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise CliError(f"error: --precision {args.precision}: unknown {', '.join(unknown) or '(none given)'} "
+                       f"(known: {', '.join(PRECISIONS)})", 2)
+    if args.clips < 1:
+        raise CliError(f"error: --clips must be >= 1, got {args.clips}", 2)
+    if not 0 < args.percentile <= 100:
+        raise CliError(f"error: --percentile must be in (0, 100], got {args.percentile}", 2)
+    try:
+        version = modelopt_version()
+    except CalibrationError as exc:
+        raise CliError(f"error: {_one_line(exc)}", 3) from exc
+    try:
+        package = load_package(args.package, verify=True)
+        bank = package.bank()
+    except PackageError as exc:
+        raise CliError(f"error: {_one_line(exc)}", 2) from exc
+    voter_number = int(package.manifest.get("scoring", {}).get("voter_number", 10))
+    try:
+        index = FineDivingIndex(DataPaths.discover(args.data_root), voter_number=voter_number)
+    except DataError as exc:
+        raise CliError(f"error: --data-root {args.data_root}: {_one_line(exc)}", 2) from exc
+    if not index.train_keys or not index.test_keys:
+        raise CliError(f"error: --data-root {args.data_root}: calibration needs clips in both the train split "
+                       f"({len(index.train_keys)}) and the test split ({len(index.test_keys)})", 2)
+    log.info("fineparser-calibrate: %s with ModelOpt %s, data %s", package.root, version, args.data_root)
+    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    try:
+        calib, hits = load_clips(index, spread_keys(index, index.train_keys, args.clips), cache, "calibration clips")
+        log.info("%d calibration clips from the train split (%d from the cache %s)", len(calib), hits, cache)
+        held_out, hits = load_clips(index, spread_keys(index, index.test_keys, args.eval_clips), cache,
+                                    "held-out clips")
+        log.info("%d held-out clips from the test split (%d from the cache)", len(held_out), hits)
+    except DataError as exc:
+        raise CliError(f"error: {_one_line(exc)}", 2) from exc
+    start = time.perf_counter()
+    reference = run_variant(package.encoder_path, package.pair_head_path, held_out, bank, voter_number, "fp32")
+    log.info("fp32 reference scored %d clips in %.1f s", len(held_out), time.perf_counter() - start)
+
+    reports, failed = [], []
+    for precision in precisions:
+        # Variants are written in a work directory beside the package and renamed in only when kept.
+        with tempfile.TemporaryDirectory(prefix=f".calibrate-{precision}-", dir=package.root) as tmp:
+            try:
+                record, files = make_variant(precision, args, package, Path(tmp), calib, held_out, reference, bank,
+                                             voter_number)
+            except CalibrationError as exc:
+                log.error("%s: %s", precision, _one_line(exc))
+                failed.append(precision)
+                continue
+            drift = record["drift"]
+            reports.append(_as_report(drift))
+            if not drift["passed"] and not args.accept_drift:
+                log.error("%s missed its goals (%s): not recorded; try --method max/percentile, more --clips, "
+                          "or --accept-drift", precision, "; ".join(drift["failures"]))
+                failed.append(precision)
+                continue
+            for path in files.values():
+                os.replace(path, package.root / path.name)
+            add_variant(package.root, record, [p.name for p in files.values()])
+            for path in files.values():
+                size = (package.root / path.name).stat().st_size / 1e6
+                log.info("wrote %s (%.2f MB)", package.root / path.name, size)
+            log.info("%s recorded in %s (%.1f s)", precision, package.root / "manifest.json", record["seconds"])
+    if reports:
+        print(format_report(reports))
+    return 1 if failed else 0
+
+
+def _as_report(drift: dict[str, Any]) -> Any:
+    from calibration.drift import DriftReport
+
+    return DriftReport(**drift)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run fineparser-calibrate; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    start = time.perf_counter()
+    try:
+        code = run(args)
+    except CliError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    log.info("fineparser-calibrate done in %.1f s (exit %d)", time.perf_counter() - start, code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

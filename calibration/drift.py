@@ -1,0 +1,134 @@
+"""Drift of a precision variant against fp32 on held-out clips, scored the runtime's way.
+
+For every held-out clip both graph sets run in onnxruntime's CPU provider: encoder on the clip,
+pair head against the package's exemplar bank (``ExemplarBank.select`` by dive number, K =
+voter_number), score = mean over k of (exemplar score + delta).  The bank stays the fp32 one the
+package ships, which is what a box running the variant uses.  The report gives Spearman's rho
+between variant and fp32 scores, mean and max |delta score|, transition agreement, and each
+side's rho against the judges where the clips carry scores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from calibration.clips import Clip
+from fineparser.metrics import spearman_rho
+from fineparser.package import ENCODER_INPUT, ENCODER_OUTPUTS, ExemplarBank
+from runtime.backends import pair_feeds
+
+GOALS: dict[str, dict[str, float]] = {
+    "fp16": {"mean_abs_delta": 0.05},
+    "int8": {"rho_vs_fp32": 0.98, "mean_abs_delta": 0.5},
+}
+"""Acceptance goals per precision (score points; rho between the variant's and fp32's scores)."""
+
+
+@dataclass
+class VariantRun:
+    """Scores and transitions of one graph set over the held-out clips."""
+
+    scores: np.ndarray  # [N]
+    transitions: np.ndarray  # [N, 2]
+    encoder_ms: float  # median per clip
+    pair_head_ms: float
+
+
+@dataclass
+class DriftReport:
+    """The manifest's drift record of one variant."""
+
+    precision: str
+    clips: int
+    rho_vs_fp32: float
+    mean_abs_delta: float
+    max_abs_delta: float
+    transition_agreement: float  # fraction of transitions on the same frame
+    transition_max_frames: int
+    rho_vs_judges: float | None
+    fp32_rho_vs_judges: float | None
+    encoder_ms: float
+    fp32_encoder_ms: float
+    goals: dict[str, float] = field(default_factory=dict)
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+    measured_with: str = "onnxruntime CPUExecutionProvider"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_variant(encoder: Path, pair_head: Path, clips: Sequence[Clip], bank: ExemplarBank, voter_number: int,
+                desc: str = "scoring") -> VariantRun:
+    """Score every clip with one encoder / pair-head pair (onnxruntime CPU)."""
+    enc, pair = _session(encoder), _session(pair_head)
+    scores, transitions, enc_t, pair_t = [], [], [], []
+    for clip in tqdm(clips, desc=desc, unit="clip", disable=None):
+        start = time.perf_counter()
+        outputs = dict(zip(ENCODER_OUTPUTS, enc.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: clip.frames[None]})))
+        enc_t.append(time.perf_counter() - start)
+        indices, _ = bank.select(clip.dive_number, k=voter_number)
+        start = time.perf_counter()
+        delta, _ = pair.run(["delta", "step_deltas"], pair_feeds(outputs, bank.pair_head_inputs(indices)))
+        pair_t.append(time.perf_counter() - start)
+        scores.append(float(np.mean(bank.final_score[indices].astype(np.float64) + np.asarray(delta).reshape(-1))))
+        transitions.append(np.asarray(outputs["transitions"]).reshape(-1)[:2])
+    return VariantRun(np.array(scores), np.array(transitions, dtype=np.int64),
+                      float(np.median(enc_t) * 1000), float(np.median(pair_t) * 1000))
+
+
+def _rho(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 2:
+        return None
+    value = spearman_rho(a, b)
+    return None if np.isnan(value) else round(float(value), 6)
+
+
+def drift_report(precision: str, reference: VariantRun, variant: VariantRun, clips: Sequence[Clip]) -> DriftReport:
+    """Compare a variant's run with the fp32 run on the same clips and check the precision's goals."""
+    delta = np.abs(variant.scores - reference.scores)
+    frames = np.abs(variant.transitions - reference.transitions)
+    judges = np.array([c.final_score for c in clips], dtype=np.float64)
+    rho = _rho(variant.scores, reference.scores)
+    report = DriftReport(
+        precision=precision, clips=len(clips),
+        rho_vs_fp32=float("nan") if rho is None else rho,
+        mean_abs_delta=round(float(delta.mean()), 6), max_abs_delta=round(float(delta.max()), 6),
+        transition_agreement=round(float((frames == 0).mean()), 6), transition_max_frames=int(frames.max()),
+        rho_vs_judges=_rho(variant.scores, judges), fp32_rho_vs_judges=_rho(reference.scores, judges),
+        encoder_ms=round(variant.encoder_ms, 2), fp32_encoder_ms=round(reference.encoder_ms, 2),
+        goals=dict(GOALS.get(precision, {})),
+    )
+    for name, goal in report.goals.items():
+        value = getattr(report, name)
+        ok = value >= goal if name.startswith("rho") else value <= goal
+        if not ok or np.isnan(value):
+            report.failures.append(f"{name} {value:.4g} (goal {'>=' if name.startswith('rho') else '<='} {goal:g})")
+    report.passed = not report.failures
+    return report
+
+
+def format_report(reports: Sequence[DriftReport]) -> str:
+    """A plain table of drift reports."""
+    head = (f"{'variant':<8}{'clips':>6}{'rho/fp32':>10}{'mean|d|':>10}{'max|d|':>9}{'trans=':>8}"
+            f"{'rho/judges':>12}{'enc ms':>9}{'fp32 ms':>9}  result")
+    rows = [head]
+    for r in reports:
+        judges = "-" if r.rho_vs_judges is None else f"{r.rho_vs_judges:.3f}"
+        rows.append(f"{r.precision:<8}{r.clips:>6}{r.rho_vs_fp32:>10.4f}{r.mean_abs_delta:>10.4f}"
+                    f"{r.max_abs_delta:>9.3f}{r.transition_agreement:>8.3f}{judges:>12}{r.encoder_ms:>9.1f}"
+                    f"{r.fp32_encoder_ms:>9.1f}  {'ok' if r.passed else 'FAILED: ' + '; '.join(r.failures)}")
+    return "\n".join(rows)
