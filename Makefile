@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo demo-model clean
+.PHONY: install test lint demo demo-model clean cpp
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# -rs prints why a test skipped (no TensorRT, no GPU, no C++ toolchain...).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -33,3 +34,11 @@ demo-model: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m runtime.cli --demo
+
+# cpp_demo/: library, fineparser_tool and C++ unit tests (fineparser_demo too where CMake finds TensorRT).
+# tests/test_cpp_demo.py builds into the same folder and compares the C++ side with the Python one.
+CPP_BUILD ?= build/cpp_demo
+cpp:
+	cmake -S cpp_demo -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CPP_BUILD) --parallel 2
+	cd $(CPP_BUILD) && ctest --output-on-failure
