@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if any(p != "fp32" for p in precisions):
-        log.warning("fp16/int8 variants are produced by `fineparser-calibrate PKG` (not yet available); "
-                    "exporting fp32 only")
+        log.warning("fp16/int8 variants are made afterwards by `fineparser-calibrate PKG --data-root DIR`; "
+                    "exporting fp32 now")
     for option, value in (("--exemplars-per-dive", args.exemplars_per_dive), ("--parity-clips", args.parity_clips)):
         if value is not None and value < 1:
             print(f"error: {option} must be >= 1, got {value}", file=sys.stderr)
