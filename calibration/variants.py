@@ -159,7 +159,8 @@ def make_int8(src: Path, dst: Path, input_name: str, frames: np.ndarray, *, meth
     _quiet_modelopt()
     info: dict[str, Any] = {"tool": "modelopt.onnx.quantization", "mode": "int8", "method": method,
                             "calibration_clips": int(len(frames)), "high_precision": high_precision,
-                            "format": "explicit QuantizeLinear/DequantizeLinear", "excluded_nodes": list(exclude)}
+                            "format": "explicit QuantizeLinear/DequantizeLinear on activations; int8 weight "
+                                      "initializers with DequantizeLinear", "excluded_nodes": list(exclude)}
     # The work directory sits beside dst so the finished file is renamed, never copied, into place.
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=dst.parent) as tmp:
         source = _private_copy(src, Path(tmp))
@@ -173,7 +174,7 @@ def make_int8(src: Path, dst: Path, input_name: str, frames: np.ndarray, *, meth
             quantize(str(source), quantize_mode="int8", calibration_data={input_name: frames},
                      calibration_method="max" if method == "max" else "entropy",
                      calibration_cache_path=str(cache) if cache else None, calibration_eps=["cpu"],
-                     nodes_to_exclude=list(exclude) or None,
+                     nodes_to_exclude=list(exclude) or None, dq_only=True,
                      output_path=str(out), high_precision_dtype=high_precision, log_level="WARNING")
         except Exception as exc:
             raise CalibrationError(f"ModelOpt INT8 quantization failed on {src.name}: {exc}") from exc

@@ -206,3 +206,17 @@ def test_variant_missing_its_goal_is_not_recorded(fresh_package, synth_root, tmp
     assert after == before and not (pkg / "encoder_int8.onnx").exists()
     assert not [p for p in pkg.iterdir() if p.name.startswith(".")]  # no work directory left behind
     load_package(pkg, verify=True)
+
+
+def test_calibrating_again_replaces_the_variant(calibrated, synth_root):
+    pkg, _, _, cache = calibrated
+    before = load_package(pkg).variant_files("int8")["encoder"]
+    old_hash = sha256_file(before)
+    rc = calibrate_cli.main([str(pkg), "--data-root", str(synth_root), "--precision", "int8", "--method", "max",
+                             "--clips", "1", "--eval-clips", "2", "--cache-dir", str(cache), "--accept-drift"])
+    assert rc == 0
+    package = load_package(pkg, verify=True)
+    int8 = [v for v in package.variants if v["name"] == "int8"]
+    assert len(int8) == 1 and int8[0]["how"]["encoder"]["method"] == "max"
+    assert sha256_file(package.variant_files("int8")["encoder"]) != old_hash
+    assert {v["name"] for v in package.variants} == {"fp32", "fp16", "int8"}
