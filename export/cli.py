@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"query clips of the parity check (default {DEFAULT_PARITY_CLIPS})")
     parser.add_argument("--engine", action="store_true", help="also build TensorRT engines (needs tensorrt + GPU)")
     parser.add_argument("--precision", default="fp32",
-                        help="comma list of fp32,fp16,int8; fp16/int8 come from fineparser-calibrate (default fp32)")
+                        help="comma list of fp32,fp16,int8; fp16/int8 are made by fineparser-calibrate after the "
+                             "export, on --data-root (default fp32)")
+    parser.add_argument("--calib-clips", type=int, default=32, metavar="N",
+                        help="calibration clips for fp16/int8 (fineparser-calibrate --clips; default 32)")
     return parser
 
 
@@ -285,10 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --precision {args.precision}: unknown {', '.join(unknown)} (known: {', '.join(PRECISIONS)})",
               file=sys.stderr)
         return 2
-    if any(p != "fp32" for p in precisions):
-        log.warning("fp16/int8 variants are made afterwards by `fineparser-calibrate PKG --data-root DIR`; "
-                    "exporting fp32 now")
-    for option, value in (("--exemplars-per-dive", args.exemplars_per_dive), ("--parity-clips", args.parity_clips)):
+    variants = [p for p in dict.fromkeys(precisions) if p != "fp32"]
+    if variants and args.data_root is None:
+        print(f"error: --precision {args.precision}: fp16/int8 are calibrated on clips of --data-root DIR; "
+              "give it, or export fp32 and run `fineparser-calibrate PKG --data-root DIR` later", file=sys.stderr)
+        return 2
+    for option, value in (("--exemplars-per-dive", args.exemplars_per_dive), ("--parity-clips", args.parity_clips),
+                          ("--calib-clips", args.calib_clips)):
         if value is not None and value < 1:
             print(f"error: {option} must be >= 1, got {value}", file=sys.stderr)
             return 2
@@ -327,6 +333,15 @@ def main(argv: list[str] | None = None) -> int:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     log.info("package ready: %s (%.1f s)", out, time.perf_counter() - start)
+    if variants:
+        from calibration.cli import main as calibrate
+
+        log.info("calibrating %s: fineparser-calibrate %s --data-root %s", ",".join(variants), out, args.data_root)
+        code = calibrate([str(out), "--data-root", str(args.data_root), "--precision", ",".join(variants),
+                          "--clips", str(args.calib_clips)])
+        if code != 0:
+            log.error("calibration ended with exit %d; the fp32 package in %s is complete", code, out)
+            return code
     if args.engine:
         return _build_engines(out)
     return 0

@@ -220,3 +220,17 @@ def test_calibrating_again_replaces_the_variant(calibrated, synth_root):
     assert len(int8) == 1 and int8[0]["how"]["encoder"]["method"] == "max"
     assert sha256_file(package.variant_files("int8")["encoder"]) != old_hash
     assert {v["name"] for v in package.variants} == {"fp32", "fp16", "int8"}
+
+
+def test_export_precision_runs_calibration_on_the_data_root(tmp_path, tiny_model, synth_root, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("calibration.cli.main", lambda argv: calls.append(argv) or 1)
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    out = tmp_path / "pkg"
+    assert export_main([str(ckpt), "--out", str(out), "--precision", "fp32,int8"]) == 2  # no --data-root
+    assert "--data-root" in capsys.readouterr().err and not out.exists()
+    rc = export_main([str(ckpt), "--out", str(out), "--data-root", str(synth_root), "--precision", "fp32,int8",
+                      "--calib-clips", "4", "--exemplars-per-dive", "1", "--parity-clips", "1", "--no-masks-graph"])
+    assert rc == 1  # the calibration's exit status is the command's
+    assert calls == [[str(out), "--data-root", str(synth_root), "--precision", "int8", "--clips", "4"]]
+    load_package(out, verify=True)  # the fp32 package stands whatever calibration did
