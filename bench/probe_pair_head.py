@@ -1,13 +1,14 @@
 """Can the pair head learn quality when the encoder is fixed?  Train the pair head alone on cached features.
 
-    python bench/probe_pair_head.py DATA_ROOT [--steps 3000] [--batch 8] [--lr 1e-3]
+    python bench/probe_pair_head.py DATA_ROOT [--steps 1000] [--batch 2] [--lr 1e-3] [--score-scale 100]
 
-A freshly initialised `tiny` FineParser (score_scale 10, as configs/synthetic_tiny.yaml) encodes every
-train and test clip of DATA_ROOT once (test-mode frames, ground-truth transitions given to the static
-encoder and used for the pair windows).  Then only the pair head (dim reducers, decoders, regressors)
-trains on random same-dive-number pairs of training features with the paper's score loss (MSE of the
-delta, both directions), and every 500 steps the test split is scored the paper's way (mean over up to
-5 training exemplars of exemplar score + delta).  Without any clip encoding per step, thousands of
+A freshly initialised `tiny` FineParser encodes every train and test clip of DATA_ROOT once in eval mode
+(test-mode frames, ground-truth transitions given to the static encoder and used for the pair windows).
+Then only the pair head (dim reducers, decoders, regressors) trains, in training mode and with both
+sides of a pair in one BN batch as `FineParser.forward` does, on random same-dive-number pairs of
+training features with the paper's score loss (MSE of the delta, both directions); every
+`--steps`/4 steps the test split is scored the paper's way (mean over up to 5 training exemplars of
+exemplar score + delta).  Without any clip encoding per step, thousands of
 steps take minutes: this separates "the pair head cannot learn it" from "too few steps".
 A diagnostic, not a test.
 """
@@ -33,9 +34,10 @@ PAIR_HEAD_PARTS = ("dim_reducer1", "dim_reducer2", "dim_reducer3", "decoder1", "
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_root", type=Path)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--score-scale", type=float, default=100.0)
     args = parser.parse_args()
     import torch
 
@@ -45,7 +47,7 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     config = FineParserConfig.preset("tiny")
-    config.score_scale = 10.0
+    config.score_scale = args.score_scale
     model = FineParser(config).eval()
     index = FineDivingIndex(DataPaths.discover(args.data_root), voter_number=5)
 
@@ -72,28 +74,37 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     def evaluate() -> float:
+        model.eval()
         preds = []
         with torch.no_grad():
             for i in range(len(test_s)):
                 pool = pools.get(test_n[i], np.arange(len(train_s)))[:5]
                 out = model.pair_head(test.select(i), train.select(torch.from_numpy(pool)))
                 preds.append(float((train_s[pool] + out.delta).mean()))
+        model.train()
         return spearman_rho(preds, test_s.numpy())
 
+    def both_directions(q: QueryFeatures, e: QueryFeatures):
+        st, ed = model.pair_windows(q.transitions, e.transitions)
+        tokens = model.dynamic_tokens(torch.cat([q.window_features, e.window_features]), st.repeat(2), ed.repeat(2))
+        dq, de = [t[:q.batch_size] for t in tokens], [t[q.batch_size:] for t in tokens]
+        return (model.pair_delta(dq, q.static_tokens, de, e.static_tokens).delta,
+                model.pair_delta(de, e.static_tokens, dq, q.static_tokens).delta)
+
     print(f"step 0: test rho {evaluate():.3f}")
+    model.train()
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         q = rng.integers(0, len(train_s), args.batch)
         e = np.array([rng.choice(pools[train_n[i]]) for i in q])
         qi, ei = torch.from_numpy(q), torch.from_numpy(e)
-        d12 = model.pair_head(train.select(qi), train.select(ei)).delta
-        d21 = model.pair_head(train.select(ei), train.select(qi)).delta
+        d12, d21 = both_directions(train.select(qi), train.select(ei))
         target = train_s[qi] - train_s[ei]
         loss = torch.mean((d12 - target) ** 2) + torch.mean((d21 + target) ** 2)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 500 == 0:
+        if step % max(1, args.steps // 4) == 0:
             print(f"step {step}: loss {loss.item():.1f}  test rho {evaluate():.3f}  "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
 

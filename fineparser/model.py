@@ -239,11 +239,14 @@ class FineParser(nn.Module):
         probs_2, pred_2 = self.parse_time(gated[b:])
         used_1 = pred_1 if transitions_1 is None else transitions_1.to(pred_1)
         used_2 = pred_2 if transitions_2 is None else transitions_2.to(pred_2)
-        static_1 = self.video_encoder(clip_1, used_1)
-        static_2 = self.video_encoder(clip_2, used_2)
+        # Both clips go through the static encoder and the dim reducers as one batch too: with separate
+        # batches, training-mode BN would normalise each side by its own statistics and blur the very
+        # difference the score is learned from.
+        static = self.video_encoder(torch.cat([clip_1, clip_2]), torch.cat([used_1, used_2]))
+        static_1, static_2 = static[:b], static[b:]
         st, ed = self.pair_windows(used_1, used_2)
-        dyn_1 = self.dynamic_tokens(gated[:b], st, ed)
-        dyn_2 = self.dynamic_tokens(gated[b:], st, ed)
+        dyn = self.dynamic_tokens(gated, st.repeat(2), ed.repeat(2))
+        dyn_1, dyn_2 = [x[:b] for x in dyn], [x[b:] for x in dyn]
         out_12 = self.pair_delta(dyn_1, static_1, dyn_2, static_2)
         out_21 = self.pair_delta(dyn_2, static_2, dyn_1, static_1)
         return PairForward(delta_12=out_12.delta, delta_21=out_21.delta,

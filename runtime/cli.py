@@ -294,8 +294,9 @@ def _demo_options(args: argparse.Namespace) -> LiveOptions:
         raise UsageError(f"the demo package {package} does not exist yet: `make demo-model` builds it "
                          "(or pass --package PKG)")
     from fineparser.synth import generate_broadcasts
+    from fineparser.synth.dataset import SYNTH_VERSION
 
-    out = Path(tempfile.gettempdir()) / "fineparser-demo"
+    out = Path(tempfile.gettempdir()) / f"fineparser-demo-{SYNTH_VERSION}"  # a new world renders a new broadcast
     folder = out / "broadcasts"
     if not (folder / "broadcast_000.json").is_file():
         log.info("generating a synthetic broadcast into %s", folder)

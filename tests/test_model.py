@@ -75,6 +75,16 @@ def test_training_forward_both_directions_and_gradients():
     assert unused == [], f"parameters without gradient: {unused[:5]}"
 
 
+def test_fresh_trunk_features_keep_unit_scale_with_fresh_batchnorm():
+    # A model trained from scratch with frozen I3D BN (or evaluated before any statistics exist) sees the
+    # trunk with identity BN; its features must stay far above the BN epsilon of the layers after it.
+    torch.manual_seed(0)
+    model = FineParser(FineParserConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        gated, _ = model.window_features(clips(1, 7))
+    assert float(gated.std()) > 1e-2, f"window features collapsed to std {float(gated.std()):.2e}"
+
+
 @pytest.mark.parametrize("bad,needle", [
     (torch.zeros(1, 3, 96, 112, 112, dtype=torch.uint8), "float"),
     (torch.zeros(1, 3, 64, 112, 112), "[B, 3, 96, 112, 112]"),

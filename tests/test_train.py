@@ -73,7 +73,7 @@ def test_loss_decreases_when_overfitting_a_fixed_pair(tmp_path):
     summary = generate_dataset(root, 3, seed=11, dive_pool=1, progress=False)
     assert summary.num_train == 2  # each training dive is the other's only exemplar: a fixed pair
     cfg = load_config(CONFIG, [*FAST, *MICRO, f"data.root={root}", "max_steps=12", "epochs=100", "log_every=1",
-                               "eval_at_end=false", "optim.warmup_epochs=0", "optim.lr=0.01", "optim.lr_factor=1.0",
+                               "eval_at_end=false", "optim.warmup_epochs=0", "optim.lr=0.005", "optim.lr_factor=1.0",
                                "data.use_masks=true", "eval_every=1000"])
     train(cfg, tmp_path / "overfit")
     records = events(tmp_path / "overfit", "train")

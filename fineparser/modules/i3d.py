@@ -33,6 +33,10 @@ class Unit3D(nn.Module):
         self.pad = None if symmetric else nn.ConstantPad3d(pads, 0.0)
         conv_pad = (pads[4], pads[2], pads[0]) if symmetric else 0
         self.conv3d = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=conv_pad, bias=False)
+        # He init keeps activations at unit scale even where BN is the identity (fresh running statistics,
+        # eval mode or frozen BN).  PyTorch's default shrinks them ~2.5x per layer: a fresh trunk's features
+        # come out near 1e-6, where the BN epsilon of the layers after it swamps them.
+        nn.init.kaiming_normal_(self.conv3d.weight, mode="fan_in", nonlinearity="relu")
         self.batch3d = nn.BatchNorm3d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ from fineparser.data import (  # the reader owns the layout names; the generator
 )
 from fineparser.synth.dives import (
     DIVE_TABLE,
+    FACTOR_SPREAD,
     HEIGHTS,
     QUALITY_WEIGHTS,
     STEP_OF_TYPE,
@@ -61,7 +62,7 @@ from fineparser.synth.render import (
 
 log = logging.getLogger(__name__)
 
-SYNTH_VERSION = "1.0"
+SYNTH_VERSION = "1.1"
 METADATA_FILE = "synth.json"
 GENERATED = (FRAMES_DIR, MASKS_DIR, ANNOTATIONS_DIR, METADATA_FILE)
 """Entries of an output folder that generate_dataset writes (and --overwrite replaces)."""
@@ -435,6 +436,7 @@ def generate_dataset(
         "step_types": list(STEP_TYPES),
         "coarse_step_of_type": list(STEP_OF_TYPE),
         "quality_weights": dict(QUALITY_WEIGHTS),
+        "quality_factor_spread": FACTOR_SPREAD,
         "splits": {"train": len(train), "test": len(test)},
         "dives": [rec["meta"] for rec in records],
     }

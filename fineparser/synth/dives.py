@@ -207,6 +207,11 @@ QUALITY_WEIGHTS = MappingProxyType(
         "splash": 0.20,
     }
 )
+FACTOR_SPREAD = 0.07
+"""Standard deviation of each quality factor around the diver's form.  With 0.17 (version 1 of the world)
+any single visible factor explained the award only to rho ~0.75, too weak a cue for the `tiny` network to
+find within the 30-minute CPU budget; 0.07 keeps the factors distinct but lets each one speak for the
+whole dive (see docs/train.md)."""
 JUDGE_NOISE_SD = 0.35
 """Standard deviation of one judge's disagreement with the expected award (points)."""
 
@@ -216,7 +221,7 @@ def sample_quality(rng: np.random.Generator) -> Quality:
     # A shared "form" makes factors correlated like real dives (good divers are good at most
     # things), while the per-factor spread keeps every factor informative on its own.
     form = rng.beta(4.0, 2.0)
-    values = np.clip(form + rng.normal(0.0, 0.17, size=len(QUALITY_FACTORS)), 0.0, 1.0)
+    values = np.clip(form + rng.normal(0.0, FACTOR_SPREAD, size=len(QUALITY_FACTORS)), 0.0, 1.0)
     return Quality(**{name: round(float(v), 4) for name, v in zip(QUALITY_FACTORS, values, strict=True)})
 
 

@@ -335,8 +335,9 @@ def plan_dive(
     else:
         entry_dx = ideal + (1.0 - q.takeoff_distance) * 45.0 * k  # travelling too far out
     entry_x = geometry.board_end + entry_dx
-    splash_h = k * (5.0 + 38.0 * (1.0 - q.splash))
-    splash_w = k * (6.0 + 26.0 * (1.0 - q.splash))
+    # A poor entry throws a spray column up to ~3/8 of the frame height: the most visible fault, as on TV.
+    splash_h = k * (5.0 + 90.0 * (1.0 - q.splash))
+    splash_w = k * (6.0 + 60.0 * (1.0 - q.splash))
     # Always draw the same number of random values so quality never shifts later random choices
     # (a forced quality must leave the scene and timing of a dive unchanged).
     all_drops = [
