@@ -86,9 +86,14 @@ def test_loss_decreases_when_overfitting_a_fixed_pair(tmp_path):
 
 
 def test_config_errors_are_clear_messages(tmp_path, capsys):
+    import logging
+
+    before = list(logging.getLogger().handlers)
     assert train_main(["--config", str(CONFIG), "--out", str(tmp_path / "a"), "optim.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert "optim.lrr" in err and "known keys under optim" in err
+    # Called in-process, main() leaves no handler on this test's (soon closed) stderr, nor train.log open.
+    assert not [h for h in logging.getLogger().handlers if h not in before]
     assert train_main(["--config", str(CONFIG), "--out", str(tmp_path / "b")]) == 2
     assert "--data-root" in capsys.readouterr().err
     assert train_main(["--config", str(CONFIG), "--data-root", str(tmp_path / "nowhere"), "--out",

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fineparser.data import DataError
     from train.config import load_config
-    from train.trainer import TrainingError, setup_logging, train
+    from train.trainer import TrainingError, close_logging, setup_logging, train
 
     rank = int(os.environ.get("RANK", "0"))
     overrides = list(args.overrides)
@@ -99,13 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
     run_dir = args.out or Path("runs") / (args.config.stem if args.config else "default")
-    setup_logging(run_dir, rank == 0)
+    handlers = setup_logging(run_dir, rank == 0)
     try:
         cfg = load_config(args.config, overrides)
         train(cfg, run_dir, device_kind=args.device, resume=args.resume, eval_only=args.eval_only)
     except (ConfigError, DataError, TrainingError) as exc:
         logging.getLogger("train").error("%s", exc)
         return 2
+    finally:
+        close_logging(handlers)
     return 0
 
 

@@ -483,11 +483,24 @@ def format_table(title: str, values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def setup_logging(run_dir: Path | None, main: bool) -> None:
-    """Log to stderr (rank 0 at INFO, others at WARNING) and to run_dir/train.log on rank 0."""
+def setup_logging(run_dir: Path | None, main: bool) -> list[logging.Handler]:
+    """Log to stderr (rank 0 at INFO, others at WARNING) and to run_dir/train.log on rank 0.
+
+    Returns the handlers it installed, for :func:`close_logging` (``main()`` called in-process, e.g. by
+    tests or notebooks, must not leave a handler on a closed stream or an open train.log behind).
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if run_dir is not None and main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "train.log"))
     logging.basicConfig(level=logging.INFO if main else logging.WARNING, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return handlers
+
+
+def close_logging(handlers: list[logging.Handler]) -> None:
+    """Remove and close the handlers that :func:`setup_logging` installed."""
+    root = logging.getLogger()
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()
