@@ -208,10 +208,10 @@ QUALITY_WEIGHTS = MappingProxyType(
     }
 )
 FACTOR_SPREAD = 0.07
-"""Standard deviation of each quality factor around the diver's form.  With 0.17 (version 1 of the world)
-any single visible factor explained the award only to rho ~0.75, too weak a cue for the `tiny` network to
-find within the 30-minute CPU budget; 0.07 keeps the factors distinct but lets each one speak for the
-whole dive (see docs/train.md)."""
+"""Standard deviation of each quality factor around the diver's form.  With 0.17 (world 1.0) any single
+factor explained the final score only to rho 0.64-0.71 (0.84-0.86 now), too weak a cue for the `tiny`
+network to find within the 30-minute CPU budget; 0.07 keeps the factors distinct but lets each one speak
+for the whole dive (see docs/train.md)."""
 JUDGE_NOISE_SD = 0.35
 """Standard deviation of one judge's disagreement with the expected award (points)."""
 
