@@ -85,11 +85,10 @@ def main() -> None:
         return spearman_rho(preds, test_s.numpy())
 
     def both_directions(q: QueryFeatures, e: QueryFeatures):
-        st, ed = model.pair_windows(q.transitions, e.transitions)
-        tokens = model.dynamic_tokens(torch.cat([q.window_features, e.window_features]), st.repeat(2), ed.repeat(2))
-        dq, de = [t[:q.batch_size] for t in tokens], [t[q.batch_size:] for t in tokens]
-        return (model.pair_delta(dq, q.static_tokens, de, e.static_tokens).delta,
-                model.pair_delta(de, e.static_tokens, dq, q.static_tokens).delta)
+        out_12, out_21 = model.pair_both_ways(torch.cat([q.window_features, e.window_features]),
+                                              torch.cat([q.static_tokens, e.static_tokens]), q.transitions,
+                                              e.transitions)
+        return out_12.delta, out_21.delta
 
     print(f"step 0: test rho {evaluate():.3f}")
     model.train()

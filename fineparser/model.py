@@ -204,6 +204,22 @@ class FineParser(nn.Module):
         dyn_e = self.dynamic_tokens(exemplars.window_features, st, ed)
         return self.pair_delta(dyn_q, query.static_tokens, dyn_e, exemplars.static_tokens)
 
+    def pair_both_ways(self, window_features: Tensor, static_tokens: Tensor, transitions_1: Tensor,
+                       transitions_2: Tensor) -> tuple[PairOutput, PairOutput]:
+        """Training pair head: (1 vs 2, 2 vs 1) for clip-1 rows then clip-2 rows of the features.
+
+        Both sides go through the dim reducers as one batch: with separate batches, training-mode BN
+        would normalise each side by its own statistics and blur the very difference the score is
+        learned from.
+        """
+        b = transitions_1.shape[0]
+        st, ed = self.pair_windows(transitions_1, transitions_2)
+        dyn = self.dynamic_tokens(window_features, st.repeat(2), ed.repeat(2))
+        dyn_1, dyn_2 = [x[:b] for x in dyn], [x[b:] for x in dyn]
+        static_1, static_2 = static_tokens[:b], static_tokens[b:]
+        return (self.pair_delta(dyn_1, static_1, dyn_2, static_2),
+                self.pair_delta(dyn_2, static_2, dyn_1, static_1))
+
     @torch.no_grad()
     def score(self, query_clip: Tensor, exemplar_clips: Tensor | QueryFeatures,
               exemplar_scores: Tensor) -> ScoreResult:
@@ -239,16 +255,9 @@ class FineParser(nn.Module):
         probs_2, pred_2 = self.parse_time(gated[b:])
         used_1 = pred_1 if transitions_1 is None else transitions_1.to(pred_1)
         used_2 = pred_2 if transitions_2 is None else transitions_2.to(pred_2)
-        # Both clips go through the static encoder and the dim reducers as one batch too: with separate
-        # batches, training-mode BN would normalise each side by its own statistics and blur the very
-        # difference the score is learned from.
+        # Both clips go through the static encoder as one batch too (see pair_both_ways).
         static = self.video_encoder(torch.cat([clip_1, clip_2]), torch.cat([used_1, used_2]))
-        static_1, static_2 = static[:b], static[b:]
-        st, ed = self.pair_windows(used_1, used_2)
-        dyn = self.dynamic_tokens(gated, st.repeat(2), ed.repeat(2))
-        dyn_1, dyn_2 = [x[:b] for x in dyn], [x[b:] for x in dyn]
-        out_12 = self.pair_delta(dyn_1, static_1, dyn_2, static_2)
-        out_21 = self.pair_delta(dyn_2, static_2, dyn_1, static_1)
+        out_12, out_21 = self.pair_both_ways(gated, static, used_1, used_2)
         return PairForward(delta_12=out_12.delta, delta_21=out_21.delta,
                            transition_probs=torch.cat([probs_1, probs_2]),
                            predicted_transitions=torch.cat([pred_1, pred_2]), mask_logits=masks)
