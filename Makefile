@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo demo-model clean cpp
+.PHONY: install test lint demo demo-model demo-spotter clean cpp
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,19 @@ clean:
 # and exported by its exporter with an exemplar bank (a few MB, committed under demo/package).
 DEMO_WORK ?= runs/demo-model
 demo-model: $(STAMP)
-	$(PY) -m fineparser.synth --out $(DEMO_WORK)/data --dives 300 --seed 0 --workers 2 --quiet --overwrite
-	$(PY) -m train --config configs/synthetic_tiny.yaml --data-root $(DEMO_WORK)/data --out $(DEMO_WORK)/run epochs=4
+	$(PY) -m synth --out $(DEMO_WORK)/data --dives 300 --seed 0 --workers 2 --quiet --overwrite
+	$(PY) -m train --config configs/synthetic_tiny.yaml --data-root $(DEMO_WORK)/data --out $(DEMO_WORK)/run
 	rm -rf demo/package
 	$(VENV)/bin/fineparser-export $(DEMO_WORK)/run/best.pt --out demo/package --data-root $(DEMO_WORK)/data --exemplars-per-dive 5 --no-masks-graph
+	$(MAKE) demo-spotter
+
+# The demo package's spotter (live dive detection, --segment auto): trained on 30 synthetic 320x180 broadcasts
+# and added to demo/package without touching its other graphs.
+SPOTTER_WORK ?= runs/demo-spotter
+demo-spotter: $(STAMP)
+	$(PY) -m synth --out $(SPOTTER_WORK)/data --dives 0 --broadcasts 30 --broadcast-size 320x180 --seed 0 --quiet --overwrite
+	$(PY) -m train --config configs/spotter_synthetic.yaml --data-root $(SPOTTER_WORK)/data --out $(SPOTTER_WORK)/run
+	$(VENV)/bin/fineparser-export $(SPOTTER_WORK)/run/best.pt --add-spotter --out demo/package
 
 demo: $(STAMP)
 	$(PY) -m runtime.cli --demo

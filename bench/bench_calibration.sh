@@ -14,7 +14,7 @@ EVAL=${3:-16}
 WORK=${WORK:-runs/bench_calibration}
 mkdir -p "$WORK"
 if [ ! -f "$WORK/data/synth.json" ]; then
-  $PY -m fineparser.synth --out "$WORK/data" --dives 48 --seed 5 --workers 2 --quiet
+  $PY -m synth --out "$WORK/data" --dives 48 --seed 5 --workers 2 --quiet
 fi
 $PY - "$PRESET" "$WORK/$PRESET.pt" <<'PYEOF'
 import sys, torch

@@ -35,7 +35,7 @@ def bench_preset(preset: str, runs: int, exemplars: int, workdir: Path) -> dict[
     from fineparser.model import FineParser
 
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(workdir / f"{preset}.pt", FineParser(FineParserConfig.preset(preset)).eval())
+    checkpoint = save_checkpoint(workdir / f"{preset}.pt", FineParser(FineParserConfig.from_preset(preset)).eval())
     package = workdir / f"{preset}-package"
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the parity table

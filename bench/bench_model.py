@@ -20,7 +20,7 @@ from fineparser.model import FineParser, QueryFeatures
 def bench_preset(preset: str, runs: int, exemplars: int) -> dict[str, float]:
     """Encode and pair-head medians (seconds) for one preset."""
     torch.manual_seed(0)
-    model = FineParser(FineParserConfig.preset(preset)).eval()
+    model = FineParser(FineParserConfig.from_preset(preset)).eval()
     clip = torch.randn(1, 3, 96, 112, 112)
     query = model.encode(clip)
     bank = QueryFeatures.cat([query] * exemplars)

@@ -37,7 +37,7 @@ CACHE = Path(tempfile.gettempdir()) / "fineparser-bench-runtime"
 
 def broadcast_1080p50(seconds_idle: float) -> Path:
     """A one-dive 1920x1080 50 fps synthetic broadcast (cached)."""
-    from fineparser.synth import generate_broadcasts
+    from synth import generate_broadcasts
 
     video = CACHE / "broadcasts" / "broadcast_000.mp4"
     if not video.is_file():
@@ -58,13 +58,13 @@ def build_package(preset: str) -> Path:
     from fineparser.checkpoint import save_checkpoint
     from fineparser.config import FineParserConfig
     from fineparser.model import FineParser
-    from fineparser.synth import generate_dataset
+    from synth import generate_dataset
 
     data = CACHE / "synth"
     if not (data / "synth.json").is_file():
         generate_dataset(data, 12, seed=3, dive_pool=2, progress=False, overwrite=True)
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(CACHE / f"{preset}.pt", FineParser(FineParserConfig.preset(preset)).eval())
+    checkpoint = save_checkpoint(CACHE / f"{preset}.pt", FineParser(FineParserConfig.from_preset(preset)).eval())
     rc = export_main([str(checkpoint), "--out", str(out), "--data-root", str(data), "--exemplars-per-dive", "10",
                       "--parity-clips", "1", "--no-masks-graph"])
     if rc != 0:

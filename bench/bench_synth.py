@@ -1,7 +1,10 @@
-"""Benchmark of the synthetic world: frames rendered per second on one core, dataset size per 100 dives.
+"""Benchmark of the synthetic world: frames rendered per second on one core, dataset size per 100 dives,
+and broadcast frames per second (render, compose, H.264 encode) at 320x180 and 640x360.
 
-Usage: ``python bench/bench_synth.py [--dives 20] [--seed 0]``.  A benchmark reports numbers; it never
-fails because a machine is slow.
+Usage: ``python bench/bench_synth.py [--dives 20] [--seed 0] [--broadcasts 2] [--broadcast-dives 3]``
+(``--dives 0`` or ``--broadcasts 0`` skips that part).  Everything runs on one pinned core, the
+ffmpeg encoder included (it inherits the pinning).  A benchmark reports numbers; it never fails
+because a machine is slow.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fineparser.synth import generate_dataset, synth_dive  # noqa: E402
-from fineparser.synth.render import render_frames  # noqa: E402
+from synth import generate_broadcasts, generate_dataset, synth_dive  # noqa: E402
+from synth.render import render_frames  # noqa: E402
 
 
 def _pin_to_one_core() -> str:
@@ -39,9 +42,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dives", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--broadcasts", type=int, default=2, help="broadcasts per size (0: skip)")
+    parser.add_argument("--broadcast-dives", type=int, default=3)
     args = parser.parse_args(argv)
     where = _pin_to_one_core()
+    if args.dives > 0:
+        _bench_dataset(args, where)
+    if args.broadcasts > 0:
+        _bench_broadcasts(args, where)
+    return 0
 
+
+def _bench_broadcasts(args: argparse.Namespace, where: str) -> None:
+    """Broadcast frames per second with the default (honest) settings: cutaways, follow camera, replays."""
+    print(f"broadcasts: {args.broadcasts} per size, {args.broadcast_dives} dives each, seed {args.seed}, "
+          f"25 fps, default settings, {where}")
+    print(f"{'size':<12}{'frames':>10}{'seconds':>10}{'frames/s':>10}{'s per 4-dive broadcast':>24}")
+    for size in ((320, 180), (640, 360)):
+        with tempfile.TemporaryDirectory(prefix="bench_broadcast_") as tmp:
+            start = time.perf_counter()
+            videos = generate_broadcasts(tmp, args.broadcasts, args.seed, size=size,
+                                         dives_per_broadcast=args.broadcast_dives, progress=False)
+            seconds = time.perf_counter() - start
+        frames = sum(v.num_frames for v in videos)
+        per_broadcast = seconds / args.broadcasts * 4 / args.broadcast_dives
+        print(f"{size[0]}x{size[1]:<8}{frames:>10d}{seconds:>10.1f}{frames / seconds:>10.0f}{per_broadcast:>24.1f}")
+
+
+def _bench_dataset(args: argparse.Namespace, where: str) -> None:
+    """Dataset rendering: in memory, then written as JPEGs with annotations."""
     # 1) Rendering only, in memory (planning + background + drawing).
     start = time.perf_counter()
     rendered = 0
@@ -68,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{'seconds for 300 dives at this speed (est.)':<44}"
         f"{300 * summary.num_frames / args.dives / summary.frames_per_second:>12.0f}"
     )
-    return 0
 
 
 if __name__ == "__main__":

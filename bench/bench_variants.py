@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_seconds  # noqa: E402
 
 from fineparser.package import ENCODER_INPUT, ENCODER_OUTPUTS, load_package  # noqa: E402
-from runtime.backends import pair_feeds  # noqa: E402
+from fineparser.scoring import pair_feeds  # noqa: E402
 
 
 def main() -> None:

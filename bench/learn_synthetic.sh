@@ -14,7 +14,7 @@ DATA="$WORK/data"
 RUN="$WORK/run"
 start=$(date +%s)
 if [ ! -f "$DATA/synth.json" ]; then
-  $PY -m fineparser.synth --out "$DATA" --dives "$DIVES" --seed 0 --workers 2 --quiet
+  $PY -m synth --out "$DATA" --dives "$DIVES" --seed 0 --workers 2 --quiet
 fi
 gen_done=$(date +%s)
 rm -rf "$RUN"

@@ -46,7 +46,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    config = FineParserConfig.preset("tiny")
+    config = FineParserConfig.from_preset("tiny")
     config.score_scale = args.score_scale
     model = FineParser(config).eval()
     index = FineDivingIndex(DataPaths.discover(args.data_root), voter_number=5)

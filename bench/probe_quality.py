@@ -60,7 +60,8 @@ def main() -> None:
     models = {f"encoder {Path(c).parent.name}/{Path(c).name}": load_model(c)[0].eval() for c in args.checkpoint}
     if args.init_preset:
         torch.manual_seed(0)
-        models[f"encoder {args.init_preset} at init"] = FineParser(FineParserConfig.preset(args.init_preset)).eval()
+        fresh = FineParser(FineParserConfig.from_preset(args.init_preset))
+        models[f"encoder {args.init_preset} at init"] = fresh.eval()
 
     def features(keys):
         rows = {"pixels": [], **{name: [] for name in models}}

@@ -1,10 +1,15 @@
 """fineparser-calibrate PKG --data-root DIR: add FP16 and INT8 variants to a model package.
 
     fineparser-calibrate demo/package --data-root data/synth [--precision fp16,int8]
-        [--method entropy|percentile|max] [--clips 32] [--eval-clips 0] [--cache-dir DIR]
+        [--method entropy|percentile|max] [--clips 32] [--eval-clips 0] [--cache-dir DIR] [--engine]
+    fineparser-calibrate demo/package --engine [--dry-run]    # TensorRT engines of the variants present
 
-Exit status: 0 every variant met its goals and was recorded; 1 a variant missed its goals (not
-recorded unless --accept-drift); 2 bad arguments, package or data root; 3 NVIDIA ModelOpt missing.
+Exit status: 0 every variant met its goals and was recorded (and its engines built); 1 a variant
+missed its goals (not recorded unless --accept-drift) or an engine build failed; 2 bad arguments,
+package or data root; 3 NVIDIA ModelOpt missing, or TensorRT / a GPU missing for --engine.
+The recommended precision (the most compressed variant that met its goals) is recorded in the
+manifest for the runtime's ``--precision auto``.  Engines are built by export's public
+``export.tensorrt.run_engine_step`` (one per graph and per precision present).
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fineparser-calibrate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("package", type=Path, help="model package directory written by fineparser-export")
-    parser.add_argument("--data-root", type=Path, required=True,
-                        help="FineDiving-layout data root: train split calibrates, test split measures drift")
+    parser.add_argument("--data-root", type=Path,
+                        help="FineDiving-layout data root: train split calibrates, test split measures drift "
+                             "(required unless --engine only builds engines for the variants present)")
     parser.add_argument("--precision", default="fp16,int8", help="variants to make (default: fp16,int8)")
     parser.add_argument("--method", choices=METHODS, default="entropy",
                         help="INT8 activation ranges (default: entropy)")
@@ -57,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true", help="prepare clips without reading or writing the cache")
     parser.add_argument("--accept-drift", action="store_true",
                         help="record a variant even when it misses its drift goals (the manifest says so)")
+    parser.add_argument("--engine", action="store_true",
+                        help="then build TensorRT engines, one per graph and per precision present (needs tensorrt "
+                             "+ GPU); without --data-root, only that")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --engine: print the engine plan and stop (nothing calibrated or built)")
     return parser
 
 
@@ -65,18 +76,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _pair_head_npz(path: Path, reference: dict[str, np.ndarray], bank: Any, dive_number: str, k: int) -> None:
-    from runtime.backends import pair_feeds
+    from fineparser.scoring import pair_feeds, select_exemplars
 
-    indices, _ = bank.select(dive_number, k=k)
+    indices, _ = select_exemplars(bank, dive_number, k)
     np.savez(path, **pair_feeds(reference, bank.pair_head_inputs(indices)))
 
 
 def _fp32_outputs(encoder: Path, frames: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
+    from fineparser.onnx_session import CPU_PROVIDERS, onnx_session
     from fineparser.package import ENCODER_INPUT, ENCODER_OUTPUTS
 
-    session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    session = onnx_session(encoder, providers=CPU_PROVIDERS)
     return dict(zip(ENCODER_OUTPUTS, session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: frames[None]})))
 
 
@@ -86,11 +96,12 @@ def make_variant(precision: str, args: argparse.Namespace, package: Any, work: P
     from calibration.drift import drift_report, run_variant
     from calibration.variants import FP32_OP_TYPES, make_fp16, make_int8
     from fineparser.package import ENCODER_INPUT
+    from fineparser.precision import VARIANT_FILES
 
     start = time.perf_counter()
     frames = np.stack([c.frames for c in calib])
     if precision == "int8":
-        encoder = work / "encoder_int8.onnx"
+        encoder = work / VARIANT_FILES["int8"]["encoder"]
         log.info("int8: ModelOpt PTQ of %s on %d clips (%s)", package.encoder_path.name, len(calib), args.method)
         info = {"encoder": make_int8(package.encoder_path, encoder, ENCODER_INPUT, frames, method=args.method,
                                      percentile=args.percentile, high_precision=args.int8_high_precision),
@@ -104,7 +115,7 @@ def make_variant(precision: str, args: argparse.Namespace, package: Any, work: P
         np.savez(calib_npz, **{ENCODER_INPUT: frames[:1]})
         # K=1: ModelOpt's reference runner slices every input by the first one's batch.
         _pair_head_npz(pair_npz, _fp32_outputs(package.encoder_path, frames[0]), bank, calib[0].dive_number, 1)
-        encoder, pair_head = work / "encoder_fp16.onnx", work / "pair_head_fp16.onnx"
+        encoder, pair_head = work / VARIANT_FILES["fp16"]["encoder"], work / VARIANT_FILES["fp16"]["pair_head"]
         report = info = None
         for attempt, fp32_ops in enumerate(((), FP32_OP_TYPES)):
             log.info("fp16: ModelOpt AutoCast of encoder and pair head%s",
@@ -138,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not precisions:
         raise CliError(f"error: --precision {args.precision}: unknown {', '.join(unknown) or '(none given)'} "
                        f"(known: {', '.join(PRECISIONS)})", 2)
+    if args.dry_run and not args.engine:
+        raise CliError("error: --dry-run prints the TensorRT engine plan: give it with --engine", 2)
+    if args.data_root is None and not args.engine:
+        raise CliError("error: --data-root DIR is required to calibrate (or give --engine alone to build TensorRT "
+                       "engines for the variants the package has)", 2)
+    if args.data_root is None or args.dry_run:
+        return _engines(args, pending=precisions if args.data_root is not None else ())
     if args.clips < 1:
         raise CliError(f"error: --clips must be >= 1, got {args.clips}", 2)
     if not 0 < args.percentile <= 100:
@@ -200,7 +218,32 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s recorded in %s (%.1f s)", precision, package.root / "manifest.json", record["seconds"])
     if reports:
         print(format_report(reports))
-    return 1 if failed else 0
+    if len(failed) < len(precisions):
+        _record_recommendation(package.root)
+    code = 1 if failed else 0
+    if args.engine:
+        engine_code = _engines(args)
+        code = code or engine_code
+    return code
+
+
+def _record_recommendation(root: Path) -> None:
+    """Write the manifest's recommended precision (the most compressed variant that met its goals)."""
+    from fineparser.package import read_manifest, write_manifest
+    from fineparser.precision import RECOMMENDED_KEY, recommendation
+
+    manifest = read_manifest(root)
+    manifest[RECOMMENDED_KEY] = recommendation(manifest)
+    write_manifest(root, manifest)
+    log.info("recommended precision: %s (%s; met: %s)", manifest[RECOMMENDED_KEY]["precision"],
+             manifest[RECOMMENDED_KEY]["rule"], ", ".join(manifest[RECOMMENDED_KEY]["met_goals"]))
+
+
+def _engines(args: argparse.Namespace, pending: Any = ()) -> int:
+    """The --engine step (export's public run_engine_step): plan, print, build unless --dry-run."""
+    from export.tensorrt import run_engine_step
+
+    return run_engine_step(args.package, dry_run=args.dry_run, pending=list(pending))
 
 
 def _as_report(drift: dict[str, Any]) -> Any:

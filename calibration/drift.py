@@ -1,9 +1,9 @@
 """Drift of a precision variant against fp32 on held-out clips, scored the runtime's way.
 
 For every held-out clip both graph sets run in onnxruntime's CPU provider: encoder on the clip,
-pair head against the package's exemplar bank (``ExemplarBank.select`` by dive number, K =
-voter_number), score = mean over k of (exemplar score + delta).  The bank stays the fp32 one the
-package ships, which is what a box running the variant uses.  The report gives Spearman's rho
+pair head against the package's exemplar bank, exemplars and score by ``fineparser.scoring``
+(the runtime's rule).  The bank stays the fp32 one the package ships, which is what a box
+running the variant uses.  The report gives Spearman's rho
 between variant and fp32 scores, mean and max |delta score|, transition agreement, and each
 side's rho against the judges where the clips carry scores.
 """
@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from calibration.clips import Clip
 from fineparser.metrics import spearman_rho
+from fineparser.onnx_session import CPU_PROVIDERS, onnx_session
 from fineparser.package import ENCODER_INPUT, ENCODER_OUTPUTS, ExemplarBank
-from runtime.backends import pair_feeds
+from fineparser.scoring import pair_feeds, score_dive, select_exemplars
 
 GOALS: dict[str, dict[str, float]] = {
     "fp16": {"mean_abs_delta": 0.05},
@@ -65,26 +66,21 @@ class DriftReport:
         return asdict(self)
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def run_variant(encoder: Path, pair_head: Path, clips: Sequence[Clip], bank: ExemplarBank, voter_number: int,
                 desc: str = "scoring") -> VariantRun:
     """Score every clip with one encoder / pair-head pair (onnxruntime CPU)."""
-    enc, pair = _session(encoder), _session(pair_head)
+    enc = onnx_session(encoder, providers=CPU_PROVIDERS)
+    pair = onnx_session(pair_head, providers=CPU_PROVIDERS)
     scores, transitions, enc_t, pair_t = [], [], [], []
     for clip in tqdm(clips, desc=desc, unit="clip", disable=None):
         start = time.perf_counter()
         outputs = dict(zip(ENCODER_OUTPUTS, enc.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: clip.frames[None]})))
         enc_t.append(time.perf_counter() - start)
-        indices, _ = bank.select(clip.dive_number, k=voter_number)
+        indices, _ = select_exemplars(bank, clip.dive_number, voter_number)
         start = time.perf_counter()
         delta, _ = pair.run(["delta", "step_deltas"], pair_feeds(outputs, bank.pair_head_inputs(indices)))
         pair_t.append(time.perf_counter() - start)
-        scores.append(float(np.mean(bank.final_score[indices].astype(np.float64) + np.asarray(delta).reshape(-1))))
+        scores.append(score_dive(bank.final_score[indices], delta).final)
         transitions.append(np.asarray(outputs["transitions"]).reshape(-1)[:2])
     return VariantRun(np.array(scores), np.array(transitions, dtype=np.int64),
                       float(np.median(enc_t) * 1000), float(np.median(pair_t) * 1000))

@@ -7,6 +7,7 @@ runs per exemplar on the box.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -68,9 +69,12 @@ def build_bank(model: FineParser, index: FineDivingIndex, keys: Sequence[SampleK
     else:
         dim, tokens = model.config.feature_dim, model.config.token_dim
         window_features, transitions, static_tokens = np.zeros((0, 9, dim)), np.zeros((0, 2)), np.zeros((0, 12, tokens))
+    metadata = {"source": "training split", "frames_root": str(index.paths.frames_root)}
+    world = Path(index.paths.frames_root).parent / "synth.json"  # fineparser-synth's record of its world
+    if world.is_file():
+        metadata["world_version"] = str(json.loads(world.read_text()).get("version"))
     bank = ExemplarBank(window_features, transitions, static_tokens, np.asarray(scores), np.asarray(difficulty),
-                        np.asarray(numbers, dtype=str), np.asarray(clip_ids, dtype=str),
-                        metadata={"source": "training split", "frames_root": str(index.paths.frames_root)})
+                        np.asarray(numbers, dtype=str), np.asarray(clip_ids, dtype=str), metadata=metadata)
     log.info("encoded %d exemplars in %.1f s", len(bank), time.perf_counter() - start)
     return bank
 

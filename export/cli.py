@@ -3,10 +3,11 @@
     fineparser-export runs/hm/best.pt --out packages/hm --data-root /data/FineDiving
     fineparser-export best.pth --official --preset full --out packages/paper --data-root /data/FineDiving
     fineparser-export runs/hm/best.pt --out packages/hm --data-root /data/FineDiving --engine
+    fineparser-export runs/hm/best.pt --out packages/hm --precision fp16,int8 --engine --dry-run
 
 Exit codes: 0 done; 1 the export failed its parity check or an engine build failed; 2 bad input
 (checkpoint, data root, output directory); 3 --engine asked for but TensorRT is not available
-(the package itself was written).
+(the package itself was written).  --engine --dry-run prints the engine plan and writes nothing.
 """
 
 from __future__ import annotations
@@ -79,10 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-masks-graph", action="store_true", help="skip encoder_masks.onnx (overlay masks)")
     parser.add_argument("--parity-clips", type=int, default=DEFAULT_PARITY_CLIPS, metavar="N",
                         help=f"query clips of the parity check (default {DEFAULT_PARITY_CLIPS})")
-    parser.add_argument("--engine", action="store_true", help="also build TensorRT engines (needs tensorrt + GPU)")
+    parser.add_argument("--engine", action="store_true",
+                        help="also build TensorRT engines, one per graph and per precision (needs tensorrt + GPU)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --engine: print the engine plan (files, profiles, flags, cache keys) and stop; "
+                             "nothing is exported, calibrated or built")
     parser.add_argument("--precision", default="fp32",
                         help="comma list of fp32,fp16,int8; fp16/int8 are made by fineparser-calibrate after the "
                              "export, on --data-root (default fp32)")
+    parser.add_argument("--spotter", type=Path, metavar="SPOTTER_CKPT",
+                        help="a spotter checkpoint (python -m train --config configs/spotter_synthetic.yaml): adds "
+                             "spotter.onnx, so fineparser-live finds dives itself (--segment auto)")
+    parser.add_argument("--add-spotter", action="store_true",
+                        help="CKPT is a spotter checkpoint: add its graph to the existing package --out (replacing "
+                             "one it has); nothing else is exported")
     parser.add_argument("--calib-clips", type=int, default=32, metavar="N",
                         help="calibration clips for fp16/int8 (fineparser-calibrate --clips; default 32)")
     return parser
@@ -131,23 +142,43 @@ def _normalisation() -> dict[str, Any]:
             "formula": "(x / 255 - mean) / std per RGB channel, then [1,3,96,112,112]"}
 
 
-def load_source_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The model to export and the manifest's `source` section; CheckpointError on a wrong file."""
+def load_source_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The model to export, the manifest's `source` and `training` sections; CheckpointError on a wrong file."""
     from fineparser.checkpoint import import_official, load_model
     from fineparser.config import FineParserConfig
 
     start = time.perf_counter()
     path = args.checkpoint
     if args.official:
-        model = import_official(path, FineParserConfig.preset(args.preset))
+        model = import_official(path, FineParserConfig.from_preset(args.preset))
         kind = "official"
+        training = {"status": "not recorded", "reason": "official FineParser checkpoint"}
     else:
-        model, _ = load_model(path)
+        model, data = load_model(path)
         kind = "fineparser-checkpoint"
+        training = training_record(data, model.config.voter_number)
     source = {"checkpoint": str(path.resolve()), "sha256": sha256_file(path), "kind": kind}
     log.info("loaded %s checkpoint %s (preset %s, %.1f M parameters, %.1f s)", kind, path, model.config.preset,
              sum(p.numel() for p in model.parameters()) / 1e6, time.perf_counter() - start)
-    return model, source
+    return model, source, training
+
+
+def training_record(checkpoint: dict[str, Any], voter_number: int) -> dict[str, Any]:
+    """The manifest's `training` section: the metrics the checkpoint was evaluated with, and their voters."""
+    trainer = checkpoint.get("trainer") or {}
+    metrics = checkpoint.get("metrics")
+    if not metrics:
+        return {"status": "not evaluated", "reason": "the checkpoint's weights carry no evaluation (best.pt does)",
+                "step": trainer.get("step"), "epoch": trainer.get("epoch")}
+    # Non-finite values (rho of constant predictions) become null: manifest.json stays strict JSON.
+    metrics = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in metrics.items()}
+    # Checkpoints written before voter_number moved into the model config kept it in the trainer's config.
+    measured_with = metrics.pop("voter_number", (trainer.get("train_config") or {}).get("voter_number"))
+    if measured_with != voter_number:
+        log.warning("the checkpoint's metrics were measured with %s voters; the package scores with %d "
+                    "(model.voter_number)", measured_with, voter_number)
+    return {"status": "evaluated", "metrics": metrics, "voter_number": measured_with,
+            "step": trainer.get("step"), "epoch": trainer.get("epoch")}
 
 
 def _open_index(data_root: Path, voter_number: int) -> Any:
@@ -161,7 +192,8 @@ def _open_index(data_root: Path, voter_number: int) -> Any:
 
 def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], index: Any = None,
                    exemplars_per_dive: int | None = None, opset: int | None = None, with_masks: bool = True,
-                   parity_clip_count: int = DEFAULT_PARITY_CLIPS) -> dict[str, Any]:
+                   parity_clip_count: int = DEFAULT_PARITY_CLIPS, training: dict[str, Any] | None = None,
+                   spotter: Any = None) -> dict[str, Any]:
     """Write every package file and manifest.json into `package_dir`; returns the manifest."""
     from export.audit import audit_files
     from export.bank import build_bank, choose_exemplars, write_bank
@@ -210,6 +242,7 @@ def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], ind
         "model": {"config": model.config.to_dict(), "preset": model.config.preset,
                   "parameters": int(sum(p.numel() for p in model.parameters()))},
         "source": source,
+        "training": training or {"status": "not recorded"},
         "input": _input_spec(),
         "normalisation": _normalisation(),
         "windows": {"starts": list(spec.WINDOW_STARTS), "length": spec.WINDOW_LENGTH},
@@ -229,6 +262,14 @@ def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], ind
         "engines": [],
         "versions": _versions(opset),
     }
+    if spotter is not None:
+        from export.spotter import export_spotter
+
+        manifest["spotter"] = export_spotter(spotter.eval(), package_dir, opset=opset)
+        if not manifest["spotter"]["parity"]["passed"]:
+            raise ExportError(f"error: spotter.onnx stepped frame by frame does not reproduce the spotter "
+                              f"({manifest['spotter']['parity']}); nothing was written", 1)
+        files.append(manifest["spotter"]["file"])
     start = time.perf_counter()
     write_manifest(package_dir, manifest, files)
     log.info("saved %s (%d files hashed, %.1f s)", MANIFEST_FILE, len(files), time.perf_counter() - start)
@@ -258,23 +299,56 @@ def _check_output(out: Path) -> None:
 
 
 def _build_engines(out: Path) -> int:
-    from export.tensorrt import MISSING_MESSAGE, TensorRTUnavailable, build_package_engines, tensorrt_available
+    from export.tensorrt import run_engine_step
 
-    if not tensorrt_available():
-        print(MISSING_MESSAGE.format(package=out), file=sys.stderr)
-        return 3
-    manifest = read_manifest(out)
+    return run_engine_step(out)
+
+
+def _engine_dry_run(args: argparse.Namespace, precisions: list[str]) -> int:
+    """--engine --dry-run: the engine plan of the package this command would write; nothing is written."""
+    from export.engine_plan import format_plan, plan_engines, planned_graphs, prospective_manifest
+    from export.tensorrt import current_device
+    from fineparser.config import FineParserConfig
+
+    if args.official:
+        config = FineParserConfig.from_preset(args.preset)
+    else:
+        from fineparser.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            config = FineParserConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
+        except CheckpointError as exc:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+    from export.onnx_export import STATIC_TOKENS
+
+    graphs = planned_graphs(config.feature_dim, config.token_dim, STATIC_TOKENS, with_masks=not args.no_masks_graph)
+    manifest = prospective_manifest(graphs=graphs, precisions=precisions)
+    device = current_device()
+    print(format_plan(plan_engines(manifest, device=device), package=str(args.out), device=device), flush=True)
+    variants = [p for p in precisions if p != "fp32"]
+    if variants:
+        print(f"{'/'.join(variants)} engines are built only for variants that calibration records (those that "
+              "meet their drift goals, or all with --accept-drift)", flush=True)
+    print("dry run: nothing was exported, calibrated or built", flush=True)
+    return 0
+
+
+def _add_spotter(checkpoint: Path, package: Path) -> int:
+    """fineparser-export SPOTTER_CKPT --add-spotter --out PKG."""
+    from export.spotter import add_spotter
+    from fineparser.checkpoint import CheckpointError
+    from fineparser.package import PackageError
+    from fineparser.spotter import load_spotter
+
+    start = time.perf_counter()
     try:
-        records = build_package_engines(out, {name: g["file"] for name, g in manifest["graphs"].items()})
-    except TensorRTUnavailable as exc:
-        print(f"error: --engine: {_one_line(exc)}; the package without engines is in {out}", file=sys.stderr)
-        return 3
-    except RuntimeError as exc:
-        print(f"error: --engine: {_one_line(exc)}; the package without engines is in {out}", file=sys.stderr)
-        return 1
-    manifest["engines"] = [r.to_dict() for r in records]
-    # Engines are a per-GPU cache (checked by their key), not package content: not hashed.
-    write_manifest(out, manifest)
+        model, _ = load_spotter(checkpoint)
+        add_spotter(package, model)
+    except (CheckpointError, PackageError, RuntimeError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    log.info("added the spotter of %s to %s (%.1f s)", checkpoint, package, time.perf_counter() - start)
     return 0
 
 
@@ -282,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run fineparser-export; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.add_spotter:
+        return _add_spotter(args.checkpoint, args.out)
     precisions = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
@@ -289,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     variants = [p for p in dict.fromkeys(precisions) if p != "fp32"]
+    if args.dry_run and not args.engine:
+        print("error: --dry-run prints the TensorRT engine plan: give it with --engine", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return _engine_dry_run(args, ["fp32", *variants])
     if variants and args.data_root is None:
         print(f"error: --precision {args.precision}: fp16/int8 are calibrated on clips of --data-root DIR; "
               "give it, or export fp32 and run `fineparser-calibrate PKG --data-root DIR` later", file=sys.stderr)
@@ -307,10 +388,18 @@ def main(argv: list[str] | None = None) -> int:
         from fineparser.checkpoint import CheckpointError
 
         try:
-            model, source = load_source_model(args)
+            model, source, training = load_source_model(args)
         except CheckpointError as exc:
             raise ExportError(f"error: {_one_line(exc)}", 2) from exc
         index = _open_index(args.data_root, model.config.voter_number) if args.data_root else None
+        spotter = None
+        if args.spotter is not None:
+            from fineparser.spotter import load_spotter
+
+            try:
+                spotter, _ = load_spotter(args.spotter)
+            except CheckpointError as exc:
+                raise ExportError(f"error: {_one_line(exc)}", 2) from exc
         out.parent.mkdir(parents=True, exist_ok=True)
         # Everything is written next to the target and renamed into place at the end: a crash
         # leaves no half-written package behind.
@@ -318,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the package from other users of the box
         manifest = export_package(model, staging, source=source, index=index,
                                   exemplars_per_dive=args.exemplars_per_dive, opset=args.opset,
-                                  with_masks=not args.no_masks_graph, parity_clip_count=args.parity_clips)
+                                  with_masks=not args.no_masks_graph, parity_clip_count=args.parity_clips,
+                                  training=training, spotter=spotter)
         drift = manifest["parity"]["score_drift"]
         if not manifest["parity"]["passed"]:
             raise ExportError(f"error: fp32 score drift {drift['max']:.2e} exceeds {drift['tolerance']:.0e} "

@@ -4,7 +4,7 @@ Every conversion ends with a report (max abs error, relative error, score drift 
 it was held to).  The reference is the PyTorch model in fp32 on the CPU, fed the same uint8 frames
 normalised by ``fineparser.preprocess``; the ONNX encoder normalises inside its graph, so the
 report covers that too.  Score drift follows the box's path exactly: ONNX encoder, ONNX pair head
-against the package's bank, mean of (exemplar score + delta).
+against the package's bank, scored by ``fineparser.scoring``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from export.bank import encode_frames
 from fineparser import spec
 from fineparser.data import FineDivingIndex, format_key
 from fineparser.model import FineParser, QueryFeatures
+from fineparser.onnx_session import CPU_PROVIDERS, onnx_session
 from fineparser.package import ENCODER_INPUT, ENCODER_OUTPUTS, MASK_OUTPUT, PAIR_HEAD_OUTPUTS, ExemplarBank
+from fineparser.scoring import final_score, score_dive, select_exemplars
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +57,6 @@ def parity_clips(index: FineDivingIndex | None, count: int, seed: int = 0) -> li
     shape = (spec.NUM_FRAMES, spec.FRAME_SIZE, spec.FRAME_SIZE, 3)
     return [ParityClip(f"random-{seed}-{i}", rng.integers(0, 256, shape, dtype=np.uint8), "synthetic")
             for i in range(count)]
-
-
-def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for one graph."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def compare(onnx_value: np.ndarray, torch_value: np.ndarray) -> dict[str, Any]:
@@ -127,7 +119,7 @@ def run_parity(model: FineParser, graphs: Mapping[str, str | Path], clips: Seque
     start = time.perf_counter()
     log.info("parity: %d graph(s) vs PyTorch on %d clip(s) (onnxruntime %s, CPU)", len(graphs), len(clips),
              ort.__version__)
-    sessions = {name: ort_session(path) for name, path in graphs.items()}
+    sessions = {name: onnx_session(path, providers=CPU_PROVIDERS) for name, path in graphs.items()}
     errors: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in graphs}
     with_masks = "encoder_masks" in sessions
     references, onnx_queries = [], []
@@ -149,7 +141,7 @@ def run_parity(model: FineParser, graphs: Mapping[str, str | Path], clips: Seque
     scoring_bank = bank if bank is not None and len(bank) else mini_bank(clips, references)
     queries = []
     for clip, reference, onnx_query in zip(clips, references, onnx_queries):
-        indices, fallback = scoring_bank.select(clip.dive_number, voter_number)
+        indices, fallback = select_exemplars(scoring_bank, clip.dive_number, voter_number)
         exemplars = scoring_bank.pair_head_inputs(indices)
         exemplar_scores = scoring_bank.final_score[indices]
         # Pair head alone: identical (PyTorch) query features on both sides.
@@ -161,9 +153,9 @@ def run_parity(model: FineParser, graphs: Mapping[str, str | Path], clips: Seque
 
         # The box's path end to end: ONNX encoder + ONNX pair head + bank.
         delta = sessions["pair_head"].run(["delta"], {**onnx_query, **exemplars})[0]
-        score_onnx = float(np.mean(exemplar_scores.astype(np.float64) + delta.astype(np.float64)))
-        # model.score's rule on the features already computed: mean(exemplar score + delta).
-        score_torch = float((torch.from_numpy(exemplar_scores) + torch_pair.delta).mean())
+        score_onnx = score_dive(exemplar_scores, delta).final
+        # model.score's rule, in torch, on the features already computed.
+        score_torch = float(final_score(torch.from_numpy(exemplar_scores), torch_pair.delta))
         queries.append({"clip": clip.name, "dive_number": clip.dive_number, "exemplars": len(indices),
                         "fallback": fallback, "score_torch": score_torch, "score_onnx": score_onnx,
                         "drift": abs(score_onnx - score_torch)})

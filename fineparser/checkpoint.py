@@ -146,7 +146,7 @@ def import_official(path: str | Path, config: FineParserConfig | None = None) ->
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: expected a dict of module state dicts, got {type(checkpoint).__name__}")
     modules = official_checkpoint_filter(checkpoint)
-    model = FineParser(config or FineParserConfig.preset("full"))
+    model = FineParser(config or FineParserConfig.from_preset("full"))
     for name, state in modules.items():
         _load_strict(getattr(model, name), state, f"{path} [{name}]")
     log.info("imported official checkpoint %s (epoch %s, rho_best %s)", path, checkpoint.get("epoch"),

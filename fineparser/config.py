@@ -25,6 +25,10 @@ I3D_MIXED = {
 }
 
 
+PAIR_STATIC_BATCH_MODES = ("separate", "joint")
+"""Values of `FineParserConfig.pair_static_batch`; the first is the paper's."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot describe a FineParser model."""
 
@@ -48,9 +52,17 @@ class FineParserConfig:
     decoder_mlp_ratio: float = 4.0
     regressor_hidden: list[int] = field(default_factory=lambda: [256, 64])
     voter_number: int = 10
+    """Exemplars of the same dive number a query is scored against (mean of exemplar score + delta; 10
+    in the paper).  The one place it is set: the trainer evaluates with it and it travels with the
+    checkpoint into the package's `scoring.voter_number`, so reported and shipped scores agree."""
     score_scale: float = 1.0
     """Multiplies the pair head's deltas (1.0 in the paper).  Small models trained briefly reach the
     tens-of-points scale of diving scores sooner with a larger value; it is part of the model."""
+    pair_static_batch: str = "separate"
+    """How the training forward runs the static encoder and the dim reducers over a pair: `separate`
+    (the paper: query, then exemplar, so training-mode BN normalises each clip by its own batch
+    statistics) or `joint` (both clips as one batch: one set of statistics for the pair).  Eval-mode
+    results are the same; inference (`encode`, `pair_head`) never depends on it."""
 
     # ---- derived widths -------------------------------------------------------------------
     def i3d_stem(self) -> dict[str, int]:
@@ -103,14 +115,24 @@ class FineParserConfig:
             problems.append("voter_number must be >= 1")
         if self.side_channels < 1 or self.decoder_depth < 1:
             problems.append("side_channels and decoder_depth must be >= 1")
+        if self.pair_static_batch not in PAIR_STATIC_BATCH_MODES:
+            problems.append(f"pair_static_batch must be one of {', '.join(PAIR_STATIC_BATCH_MODES)}, "
+                            f"got {self.pair_static_batch!r}")
         if problems:
             raise ConfigError("invalid FineParser config: " + "; ".join(problems))
         return self
 
     @classmethod
     def preset_names(cls) -> tuple[str, ...]:
-        """Names accepted by `preset`."""
+        """Names accepted by `from_preset`."""
         return tuple(_PRESETS)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> FineParserConfig:
+        """The named preset (`full`, `small`, `tiny`), optionally with fields overridden."""
+        if name not in _PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(_PRESETS)}")
+        return cls.from_dict({**overrides, "preset": name})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON/checkpoint friendly)."""
@@ -151,15 +173,3 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(i3d_width=0.125, side_channels=4, sve_layers=[1, 1, 1, 1], sve_channels=[16, 32, 64, 128],
                  token_dim=16, decoder_heads=2, decoder_depth=2, regressor_hidden=[64, 16]),
 }
-
-
-def _preset(cls: type[FineParserConfig], name: str, **overrides: Any) -> FineParserConfig:
-    """The named preset (`full`, `small`, `tiny`), optionally with fields overridden."""
-    if name not in _PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(_PRESETS)}")
-    return cls.from_dict({**overrides, "preset": name})
-
-
-# Attached after the dataclass is built: the field `preset` (an instance value) and the class-level
-# constructor `FineParserConfig.preset(name)` share a name, and the field must keep its "full" default.
-FineParserConfig.preset = classmethod(_preset)  # type: ignore[assignment]

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     start = time.perf_counter()
     try:
-        model = import_official(args.official, FineParserConfig.preset(args.preset))
+        model = import_official(args.official, FineParserConfig.from_preset(args.preset))
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ path, raised at the first use or, up front, by :meth:`FineDivingIndex.check`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -30,6 +31,7 @@ from fineparser.preprocess import (
     sample_frame_indices,
     transitions_from_labels,
 )
+from fineparser.spec import canonical_dive_number
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,15 @@ ANNOTATIONS_DIR = "Annotations"
 ANNOTATION_FILE = "fine-grained_annotation_aqa.pkl"
 TRAIN_SPLIT_FILE = "train_split.pkl"
 TEST_SPLIT_FILE = "test_split.pkl"
+COARSE_ANNOTATION_FILE = "FineDiving_coarse_annotation.pkl"
+"""Per dive: action_type, start_frame, end_frame, dive_score, difficulty, judge_scores (not needed to train)."""
+
+FRAMES_DIR_NAMES = (FRAMES_DIR, "FineDiving")
+"""Frame folders :meth:`DataPaths.discover` knows: the paper config's name, then the READMEs' name."""
+MASKS_DIR_NAMES = (MASKS_DIR, "FineDiving_HM", "FineDiving-HM")
+"""Mask folders it knows: the paper config's name, then FineParser's README name (and its hyphenated spelling)."""
+ANNOTATION_FILE_NAMES = (ANNOTATION_FILE, "fine-grained_annotation_for_aqa.pkl")
+"""The AQA annotation as shipped, and the name the 2022 FineDiving README gave it."""
 
 SampleKey = tuple[str, int]
 """(competition, clip_id): the key of one dive in the annotation and the splits."""
@@ -78,18 +89,102 @@ def _normalise_key(raw: Any) -> SampleKey:
     return str(competition), int(clip_id)
 
 
+# --------------------------------------------------------------------------- pickles
+
+
+_PICKLE_GLOBALS = {
+    # numpy arrays and scalars, under numpy 1's and numpy 2's module names
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    # plain containers that pickle by name
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+}
+
+
+class _AnnotationUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain Python data only: a pickle that names anything else is refused.
+
+    FineDiving's files hold dicts, lists, tuples, strings, numbers and numpy arrays; nothing in them
+    needs code to run, so an annotation from an untrusted download cannot execute any.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}; annotation files may hold only numpy arrays and plain Python data"
+            )
+        if module.startswith("numpy.core."):  # numpy 2 keeps the old names only as deprecated aliases
+            try:
+                return getattr(importlib.import_module("numpy._core." + module[len("numpy.core.") :]), name)
+            except ImportError:  # numpy 1
+                pass
+        return getattr(importlib.import_module(module), name)
+
+
+def load_annotation_pickle(path: os.PathLike | str, what: str = "annotation") -> Any:
+    """Read a FineDiving pickle (annotations, splits, sub-action table) with the restricted unpickler.
+
+    Missing, unreadable or refused files are a DataError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file is missing", path=path)
+    try:
+        with open(path, "rb") as handle:
+            return _AnnotationUnpickler(handle).load()
+    except Exception as exc:  # any unpickling failure means the same thing to the user
+        raise DataError(f"cannot read the {what} file ({type(exc).__name__}: {exc})", path=path) from exc
+
+
 # --------------------------------------------------------------------------- paths
+
+
+def _first(candidates: Sequence[Path], kind: str) -> Path | None:
+    """The first candidate that exists as a folder (kind 'dir') or a file."""
+    for path in candidates:
+        if path.is_dir() if kind == "dir" else path.is_file():
+            return path
+    return None
+
+
+def _annotation_folders(root: Path | None, frames_root: Path | None) -> list[Path]:
+    """Where the annotation pickles may lie, in the order the layouts in the wild put them.
+
+    ``ROOT/Annotations`` (our layout and FineParser's ``$ANNOTATIONS_ROOT`` inside the data),
+    ``ROOT`` itself (the 2022 FineDiving README), ``Annotations`` beside the root (the paper's
+    config: ``data/`` and ``Annotations/`` side by side) and inside the frame folder.
+    """
+    folders = []
+    if root is not None:
+        folders += [root / ANNOTATIONS_DIR, root, root.parent / ANNOTATIONS_DIR]
+    if frames_root is not None:
+        folders.append(frames_root / ANNOTATIONS_DIR)
+    return list(dict.fromkeys(folders))
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataPaths:
-    """Where the frames, masks, annotation and splits are; real installs scatter them."""
+    """Where the frames, masks, annotation and splits are; real installs scatter them.
+
+    ``mask_root`` None means no FineDiving-HM masks; after :meth:`discover`, ``masks_note`` then
+    says in one line where they were looked for (None when masks were found or paths were given).
+    """
 
     frames_root: Path
     mask_root: Path | None = None
     annotation: Path
     train_split: Path
     test_split: Path
+    masks_note: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("frames_root", "mask_root", "annotation", "train_split", "test_split"):
@@ -98,31 +193,88 @@ class DataPaths:
                 object.__setattr__(self, name, Path(value).expanduser())
 
     @classmethod
-    def discover(cls, root: os.PathLike | str) -> DataPaths:
-        """Standard layout below ``root``; the mask folder is optional, anything else missing: DataError."""
-        root = Path(root).expanduser()
-        required = {
-            "frames_root": root / FRAMES_DIR,
-            "annotation": root / ANNOTATIONS_DIR / ANNOTATION_FILE,
-            "train_split": root / ANNOTATIONS_DIR / TRAIN_SPLIT_FILE,
-            "test_split": root / ANNOTATIONS_DIR / TEST_SPLIT_FILE,
+    def discover(
+        cls,
+        root: os.PathLike | str | None = None,
+        *,
+        frames_root: os.PathLike | str | None = None,
+        mask_root: os.PathLike | str | None = None,
+        annotations: os.PathLike | str | None = None,
+    ) -> DataPaths:
+        """Find frames, masks, annotation and splits below ``root`` in any layout the datasets ship in.
+
+        Frames: ``ROOT/FINADiving_MTL_256s`` (the paper's config) or ``ROOT/FineDiving`` (the
+        READMEs).  Masks: ``ROOT/diving_mask_annotation`` or ``ROOT/FineDiving_HM``.  Annotation
+        and splits: ``ROOT/Annotations``, ``ROOT``, ``ROOT/../Annotations`` or
+        ``FRAMES/Annotations``.  ``frames_root``, ``mask_root`` and ``annotations`` (the folder
+        of the pickles) replace the search for that item.  Missing frames, annotation or splits
+        (or an explicit mask folder): DataError listing every place looked at.  Masks not found by
+        the search are allowed: ``mask_root`` is None and ``masks_note`` (also logged) names where
+        they were looked for.
+        """
+        root = None if root is None else Path(root).expanduser()
+        if root is None and (frames_root is None or annotations is None):
+            raise DataError("DataPaths.discover needs a data root, or both frames_root= and annotations=")
+        frame_candidates = (
+            [Path(frames_root).expanduser()]
+            if frames_root is not None
+            else [root / name for name in FRAMES_DIR_NAMES]  # type: ignore[operator]
+        )
+        found_frames = _first(frame_candidates, "dir")
+        folders = (
+            [Path(annotations).expanduser()]
+            if annotations is not None
+            else _annotation_folders(root, found_frames)
+        )
+        annotation_candidates = [folder / name for folder in folders for name in ANNOTATION_FILE_NAMES]
+        found_annotation = _first(annotation_candidates, "file")
+        # The splits must come from the annotation's own folder: splits of another release of the
+        # files would not match its keys.
+        split_folders = [found_annotation.parent] if found_annotation is not None else folders
+        looked: dict[str, list[Path]] = {
+            "frames_root": frame_candidates,
+            "annotation": annotation_candidates,
+            "train_split": [folder / TRAIN_SPLIT_FILE for folder in split_folders],
+            "test_split": [folder / TEST_SPLIT_FILE for folder in split_folders],
         }
-        mask_root = root / MASKS_DIR
-        missing = [
-            path
-            for name, path in required.items()
-            if not (path.is_dir() if name == "frames_root" else path.is_file())
-        ]
+        found = {
+            name: _first(paths, "dir" if name == "frames_root" else "file") for name, paths in looked.items()
+        }
+        # Without a root, masks are sought beside the frame folder (the datasets ship them side by side).
+        mask_base = root if root is not None else frame_candidates[0].parent
+        mask_candidates = (
+            [Path(mask_root).expanduser()]
+            if mask_root is not None
+            else [mask_base / name for name in MASKS_DIR_NAMES]
+        )
+        found_masks = _first(mask_candidates, "dir")
+        missing = [name for name, path in found.items() if path is None]
+        if mask_root is not None and found_masks is None:
+            missing.append("mask_root")  # a mask folder named explicitly must be there
         if missing:
-            looked_for = "\n".join(
-                f"  {'missing' if path in missing else 'found  '}  {path}"
-                for path in [*required.values(), mask_root]
-            )
+            lines = [
+                f"  {'found  ' if found[name] == path else 'missing'}  {path}"
+                for name, paths in looked.items()
+                for path in paths
+            ]
+            lines += [
+                f"  {'found  ' if found_masks == path else 'missing'}  {path}  (masks, optional)"
+                for path in mask_candidates
+            ]
+            where = f"below {root}" if root is not None else "at the given paths"
             raise DataError(
-                f"not a FineDiving root: {len(missing)} required item(s) missing below {root}; looked for\n"
-                f"{looked_for}\n(the mask folder is optional; pass explicit DataPaths(...) for other layouts)"
+                f"not a FineDiving root: {len(missing)} required item(s) missing {where} ({', '.join(missing)}); "
+                "looked for\n" + "\n".join(lines) + "\n(pass frames_root=, mask_root=, annotations= or "
+                "explicit DataPaths(...) for other layouts)"
             )
-        return cls(**required, mask_root=mask_root if mask_root.is_dir() else None)
+        note = None
+        if found_masks is None:
+            note = (
+                f"no FineDiving-HM masks: looked for {', '.join(str(path) for path in mask_candidates)} "
+                "(frames and annotations found: usable without masks; name the mask folder if it is elsewhere)"
+            )
+            logger.info("%s", note)
+        return cls(**found, mask_root=found_masks, masks_note=note)  # type: ignore[arg-type]
 
     @property
     def has_masks(self) -> bool:
@@ -171,32 +323,31 @@ class ClipSample:
 
 
 def _parse_record(key: SampleKey, record: Any, annotation: Path) -> SampleInfo:
-    """Validate one annotation tuple (dive number, score, difficulty, _, frame labels)."""
+    """Validate one annotation record: [dive number, final score, difficulty, _, frame labels].
+
+    The real ``fine-grained_annotation_aqa.pkl`` holds lists whose index 3 is the array of
+    ``steps_transit_frames``; the synthetic world before 2.0 wrote tuples with judge scores there.
+    Index 3 is not used: transitions come from the labels of the sampled frames, as in the paper.
+    """
     try:
+        if isinstance(record, (str, bytes)) or len(record) < 5:
+            raise ValueError(
+                "expected [dive_number, final_score, difficulty, steps_transit_frames, frames_labels]"
+            )
         dive_number, final_score, difficulty, labels = record[0], record[1], record[2], record[4]
+        dive_number = canonical_dive_number(dive_number)
+        if not dive_number:
+            raise ValueError("the dive number is empty")
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.number):
             raise ValueError(
                 f"frame labels must be a non-empty 1-D integer sequence, got {labels.dtype} {labels.shape}"
             )
-        info = SampleInfo(
-            key, str(dive_number), float(final_score), float(difficulty), labels.astype(np.int64)
-        )
-    except (TypeError, IndexError, ValueError) as exc:
+        info = SampleInfo(key, dive_number, float(final_score), float(difficulty), labels.astype(np.int64))
+    except (TypeError, IndexError, KeyError, ValueError) as exc:
         raise DataError(f"malformed annotation record ({exc})", key=key, path=annotation) from exc
     info.frame_labels.setflags(write=False)
     return info
-
-
-def _load_pickle(path: Path, what: str) -> Any:
-    """Unpickle an annotation or split file, as a DataError when it is missing or unreadable."""
-    if not path.is_file():
-        raise DataError(f"{what} file is missing", path=path)
-    try:
-        with open(path, "rb") as handle:
-            return pickle.load(handle)
-    except Exception as exc:  # any unpickling failure means the same thing to the user
-        raise DataError(f"cannot read the {what} file ({type(exc).__name__}: {exc})", path=path) from exc
 
 
 def _frame_files(folder: Path) -> list[tuple[int, Path]]:
@@ -229,7 +380,7 @@ class FineDivingIndex:
         self.paths = paths
         self.voter_number = voter_number
         self.skip_bad = skip_bad
-        raw = _load_pickle(paths.annotation, "annotation")
+        raw = load_annotation_pickle(paths.annotation, "annotation")
         if not isinstance(raw, dict):
             raise DataError(
                 f"annotation must be a dict keyed by (competition, clip_id), got {type(raw).__name__}",
@@ -254,7 +405,7 @@ class FineDivingIndex:
 
     def _load_split(self, path: Path, what: str, problems: list[DataError]) -> list[SampleKey]:
         """Keys of one split that have a valid annotation record; the others go to problems."""
-        raw = _load_pickle(path, what)
+        raw = load_annotation_pickle(path, what)
         if not isinstance(raw, (list, tuple)):
             raise DataError(
                 f"{what} must be a list of (competition, clip_id) keys, got {type(raw).__name__}", path=path
@@ -352,12 +503,12 @@ class FineDivingIndex:
 
     @property
     def dive_numbers(self) -> list[str]:
-        """Dive numbers that have training exemplars, sorted."""
+        """Dive numbers that have training exemplars, canonical (spec.canonical_dive_number), sorted."""
         return sorted(self._pools)
 
     def exemplar_pool(self, dive_number: str) -> list[SampleKey]:
-        """Train-split keys of a dive number (the exemplars); none is a DataError."""
-        pool = self._pools.get(str(dive_number))
+        """Train-split keys of a dive number in any spelling ('407C' or '407c'); none is a DataError."""
+        pool = self._pools.get(canonical_dive_number(dive_number))
         if not pool:
             raise DataError(
                 f"dive number {dive_number!r} has no training exemplar", path=self.paths.train_split
@@ -464,15 +615,9 @@ class FineDivingIndex:
         masks = None
         if with_masks:
             assert files.masks is not None
+            # A mask of another size than its frame is fine: like the reference, masks are resized
+            # on their own to the frame's 200x112 before the shared crop.
             masks = list(self._decode(info.key, (files.masks[p] for p in unique), mask=True))
-            for position, frame, mask in zip(unique, frames, masks, strict=True):
-                if mask.shape != frame.shape[:2]:
-                    raise DataError(
-                        f"mask is {mask.shape[1]}x{mask.shape[0]} but its frame is "
-                        f"{frame.shape[1]}x{frame.shape[0]}",
-                        key=info.key,
-                        path=files.masks[position],
-                    )
         clip, clip_masks = prepare_clip(frames, masks, train=train, rng=rng)
         return ClipSample(
             key=info.key,
@@ -509,14 +654,8 @@ class FineDivingIndex:
                     path=files.frames[index],
                 )
         if files.masks is not None:
-            assert shape is not None
-            for index, mask in enumerate(self._decode(key, files.masks, mask=True)):
-                if mask.shape != shape[:2]:
-                    raise DataError(
-                        f"mask is {mask.shape[1]}x{mask.shape[0]} but the frames are {shape[1]}x{shape[0]}",
-                        key=key,
-                        path=files.masks[index],
-                    )
+            for _ in self._decode(key, files.masks, mask=True):
+                pass  # any size and colour layout is read; only an unreadable mask is a problem
 
     def check(self, deep: bool = False, *, with_masks: bool | None = None) -> list[DataError]:
         """Validate every train and test sample up front; returns the problems dropped under skip_bad.
@@ -565,7 +704,9 @@ def _check_seed(seed: int) -> int:
 def _require_masks(index: FineDivingIndex, with_masks: bool) -> None:
     if with_masks and not index.paths.has_masks:
         raise DataError(
-            "with_masks=True needs the FineDiving-HM mask folder (DataPaths.mask_root is not set)"
+            "with_masks=True needs the FineDiving-HM mask folder (DataPaths.mask_root is not set"
+            + (f"; {index.paths.masks_note}" if index.paths.masks_note else "")
+            + ")"
         )
 
 
@@ -706,13 +847,17 @@ class TestDataset:
 __all__ = [
     "ANNOTATIONS_DIR",
     "ANNOTATION_FILE",
+    "ANNOTATION_FILE_NAMES",
+    "COARSE_ANNOTATION_FILE",
     "ClipFiles",
     "ClipSample",
     "DataError",
     "DataPaths",
     "FRAMES_DIR",
+    "FRAMES_DIR_NAMES",
     "FineDivingIndex",
     "MASKS_DIR",
+    "MASKS_DIR_NAMES",
     "PairDataset",
     "SampleInfo",
     "SampleKey",
@@ -721,4 +866,5 @@ __all__ = [
     "TestDataset",
     "clip_item",
     "format_key",
+    "load_annotation_pickle",
 ]

@@ -5,12 +5,14 @@ squared range of the true scores; the paper reports it x100).  Temporal parsing:
 predicted and true [transition 1, transition 2] segments and AIoU@threshold, the fraction of dives
 whose tIoU reaches the threshold.  Masks: pixel statistics with a pixel counted as diver when
 sigmoid(logit) >= 0.5, i.e. logit >= 0 (the paper's code compares the raw logit with 0.5; we state
-the threshold on the probability instead).
+the threshold on the probability instead), pooled over the test queries; `pairwise_mask_metrics`
+gives the paper's aggregation (per query/exemplar pair over both clips, mean over pairs) beside it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,18 +74,20 @@ def aiou(pred_transitions, true_transitions, threshold: float) -> float:
     return float(np.mean(values >= threshold))
 
 
-@dataclass
-class MaskStats:
-    """Accumulates pixel counts over batches of mask logits and targets."""
+@dataclass(frozen=True)
+class MaskCounts:
+    """Pixel counts of some mask frames, and the sum of their per-frame recalls; `+` pools two sets."""
 
     tp: int = 0
     fp: int = 0
     fn: int = 0
     tn: int = 0
-    image_recalls: list[float] = field(default_factory=list)
+    recall_sum: float = 0.0  # per frame tp / (tp + fn); 1 for a frame without diver pixels (nothing to miss)
+    images: int = 0
 
-    def update(self, logits: np.ndarray, target: np.ndarray) -> None:
-        """Add a batch: logits and 0/1 targets of the same shape [N, H, W] (N images)."""
+    @classmethod
+    def of(cls, logits: np.ndarray, target: np.ndarray) -> MaskCounts:
+        """Counts of logits against 0/1 targets of the same shape [..., H, W] (each [H, W] one frame)."""
         logits, target = np.asarray(logits), np.asarray(target)
         if logits.shape != target.shape:
             raise ValueError(f"mask logits {logits.shape} and targets {target.shape} differ in shape")
@@ -91,16 +95,17 @@ class MaskStats:
         true = target.reshape(-1, *target.shape[-2:]) >= 0.5
         tp = (pred & true).sum(axis=(1, 2))
         fn = (~pred & true).sum(axis=(1, 2))
-        self.tp += int(tp.sum())
-        self.fp += int((pred & ~true).sum())
-        self.fn += int(fn.sum())
-        self.tn += int((~pred & ~true).sum())
         positives = tp + fn
-        # Images with no diver pixel have recall 1 when nothing is missed (nothing to miss).
-        self.image_recalls.extend(np.where(positives > 0, tp / np.maximum(positives, 1), 1.0).tolist())
+        recalls = np.where(positives > 0, tp / np.maximum(positives, 1), 1.0)
+        return cls(tp=int(tp.sum()), fp=int((pred & ~true).sum()), fn=int(fn.sum()), tn=int((~pred & ~true).sum()),
+                   recall_sum=float(recalls.sum()), images=len(recalls))
+
+    def __add__(self, other: MaskCounts) -> MaskCounts:
+        return MaskCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn,
+                          self.recall_sum + other.recall_sum, self.images + other.images)
 
     def summary(self) -> dict[str, float]:
-        """IoU, F1, F2, accuracy (micro over pixels) and recall (mean over images)."""
+        """IoU, F1, F2, accuracy (micro over pixels) and recall (mean over frames)."""
         tp, fp, fn, tn = self.tp, self.fp, self.fn, self.tn
 
         def ratio(a: float, b: float) -> float:
@@ -111,8 +116,24 @@ class MaskStats:
             "mask_f1": ratio(2 * tp, 2 * tp + fp + fn),
             "mask_f2": ratio(5 * tp, 5 * tp + 4 * fn + fp),
             "mask_accuracy": ratio(tp + tn, tp + fp + fn + tn),
-            "mask_recall": float(np.mean(self.image_recalls)) if self.image_recalls else float("nan"),
+            "mask_recall": ratio(self.recall_sum, self.images),
         }
+
+
+def pairwise_mask_metrics(pairs: Sequence[MaskCounts]) -> dict[str, float]:
+    """The paper's aggregation: each (query, exemplar) pair's metrics over both clips, then their mean.
+
+    `pairs` holds one `query_counts + exemplar_counts` per scored pair; keys are `paper_mask_*`.
+    (Ours, `MaskCounts.summary` of the test queries' pooled counts, weighs every pixel once.)
+    """
+    if not pairs:
+        return {f"paper_{k}": float("nan") for k in MaskCounts().summary()}
+    summaries = [p.summary() for p in pairs]
+    result = {}
+    for key in summaries[0]:
+        values = [s[key] for s in summaries if np.isfinite(s[key])]  # a pair with no diver pixel at all: 0/0
+        result[f"paper_{key}"] = float(np.mean(values)) if values else float("nan")
+    return result
 
 
 def score_metrics(pred, true) -> dict[str, float]:

@@ -21,6 +21,7 @@ from fineparser.modules.spatial_parser import SpatialActionParser
 from fineparser.modules.static_encoder import StaticVisualEncoder
 from fineparser.modules.temporal_parser import TemporalActionParser, transitions_from_probs
 from fineparser.resample import resample_windows
+from fineparser.scoring import final_score
 from fineparser.spec import FRAME_SIZE, NUM_FRAMES, NUM_WINDOWS, STEP_WEIGHTS, WINDOW_LENGTH, WINDOW_STARTS
 
 NUM_MASK_MAPS = 5
@@ -107,7 +108,7 @@ class FineParser(nn.Module):
 
     def __init__(self, config: FineParserConfig | None = None) -> None:
         super().__init__()
-        self.config = (config or FineParserConfig.preset("full")).validate()
+        self.config = (config or FineParserConfig.from_preset("full")).validate()
         cfg = self.config
         self.base_model = I3DBackbone(cfg)
         self.segmenter = SpatialActionParser(cfg)
@@ -208,14 +209,17 @@ class FineParser(nn.Module):
                        transitions_2: Tensor) -> tuple[PairOutput, PairOutput]:
         """Training pair head: (1 vs 2, 2 vs 1) for clip-1 rows then clip-2 rows of the features.
 
-        Both sides go through the dim reducers as one batch: with separate batches, training-mode BN
-        would normalise each side by its own statistics and blur the very difference the score is
-        learned from.
+        The dim reducers see the two sides as `config.pair_static_batch` says: `separate` (the paper)
+        or `joint` (one batch, so training-mode BN normalises both sides by one set of statistics).
         """
         b = transitions_1.shape[0]
         st, ed = self.pair_windows(transitions_1, transitions_2)
-        dyn = self.dynamic_tokens(window_features, st.repeat(2), ed.repeat(2))
-        dyn_1, dyn_2 = [x[:b] for x in dyn], [x[b:] for x in dyn]
+        if self.config.pair_static_batch == "joint":
+            dyn = self.dynamic_tokens(window_features, st.repeat(2), ed.repeat(2))
+            dyn_1, dyn_2 = [x[:b] for x in dyn], [x[b:] for x in dyn]
+        else:
+            dyn_1 = self.dynamic_tokens(window_features[:b], st, ed)
+            dyn_2 = self.dynamic_tokens(window_features[b:], st, ed)
         static_1, static_2 = static_tokens[:b], static_tokens[b:]
         return (self.pair_delta(dyn_1, static_1, dyn_2, static_2),
                 self.pair_delta(dyn_2, static_2, dyn_1, static_1))
@@ -234,7 +238,7 @@ class FineParser(nn.Module):
         if exemplar_scores.shape[0] != exemplars.batch_size:
             raise ValueError(f"{exemplars.batch_size} exemplars but {exemplar_scores.shape[0]} exemplar scores")
         out = self.pair_head(query, exemplars)
-        return ScoreResult(score=(exemplar_scores + out.delta).mean(), deltas=out.delta,
+        return ScoreResult(score=final_score(exemplar_scores, out.delta), deltas=out.delta,
                            step_deltas=out.step_deltas, transitions=query.transitions[0],
                            exemplar_scores=exemplar_scores)
 
@@ -243,20 +247,25 @@ class FineParser(nn.Module):
                 transitions_2: Tensor | None = None, with_masks: bool = True) -> PairForward:
         """Both directions of a pair batch, as the paper trains it.
 
-        Given transitions (ground truth) are used where the paper's training uses them: for the static
-        encoder and for the pair's step boundaries; otherwise the predicted ones are used (test mode).
+        Given transitions (ground truth, in the convention of `fineparser.spec.target_transitions`) are
+        used where the paper's training uses them: for the static encoder and for the pair's step
+        boundaries; otherwise the predicted ones are used (test mode).
         """
         self.check_clip(clip_1, "clip_1")
         self.check_clip(clip_2, "clip_2")
         b = clip_1.shape[0]
-        # Both I3D trunks see the two clips in one batch (as in the paper: shared BN statistics).
+        # Both I3D trunks see the two clips in one batch, as the paper's training does: BN layers that are
+        # not frozen normalise the pair with one set of batch statistics.
         gated, masks = self.window_features(torch.cat([clip_1, clip_2]), with_masks)
         probs_1, pred_1 = self.parse_time(gated[:b])
         probs_2, pred_2 = self.parse_time(gated[b:])
         used_1 = pred_1 if transitions_1 is None else transitions_1.to(pred_1)
         used_2 = pred_2 if transitions_2 is None else transitions_2.to(pred_2)
-        # Both clips go through the static encoder as one batch too (see pair_both_ways).
-        static = self.video_encoder(torch.cat([clip_1, clip_2]), torch.cat([used_1, used_2]))
+        if self.config.pair_static_batch == "joint":
+            # One batch: training-mode BN of the static encoder sees both clips at once (docs/train.md).
+            static = self.video_encoder(torch.cat([clip_1, clip_2]), torch.cat([used_1, used_2]))
+        else:  # the paper: query, then exemplar
+            static = torch.cat([self.video_encoder(clip_1, used_1), self.video_encoder(clip_2, used_2)])
         out_12, out_21 = self.pair_both_ways(gated, static, used_1, used_2)
         return PairForward(delta_12=out_12.delta, delta_21=out_21.delta,
                            transition_probs=torch.cat([probs_1, probs_2]),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fineparser.spec import canonical_dive_number
 
 PACKAGE_FORMAT = "fineparser-package"
 PACKAGE_FORMAT_VERSION = 1
@@ -55,6 +58,9 @@ BANK_ARRAYS = ("window_features", "transitions", "static_tokens", "final_score",
 BANK_STRINGS = ("dive_number", "clip_id")
 """String arrays of a bank (bank.bin keeps them in its JSON header)."""
 BANK_BIN_MAGIC = b"FPBANK01"
+BANK_BIN_FORMAT = "fineparser-bank"
+BANK_BIN_FORMAT_VERSION = 1
+"""The newest bank.bin header version this reader knows (the C++ reader's kBankFormatVersion)."""
 BANK_BIN_ALIGN = 64
 """Every raw array in bank.bin starts at a multiple of this many bytes (SIMD/mmap friendly)."""
 
@@ -205,6 +211,81 @@ class ModelPackage:
                                "`fineparser-export CKPT --data-root DIR` to build one from the training split")
         return ExemplarBank.from_npz(self.path(BANK_NPZ_FILE))
 
+    @property
+    def recommended_precision(self) -> str:
+        """The precision calibration measured best (fineparser.precision.recommended_precision)."""
+        from fineparser.precision import recommended_precision
+
+        return recommended_precision(self.manifest)
+
+    def engine_records(self, precision: str | None = None) -> list[dict[str, Any]]:
+        """TensorRT engine records of manifest["engines"], of one precision when given.
+
+        Records written before engines were built per precision carry none: they are fp32.
+        """
+        records = [dict(r) for r in self.manifest.get("engines", []) or [] if isinstance(r, Mapping)]
+        for record in records:
+            record.setdefault("precision", "fp32")
+        return [r for r in records if precision is None or r["precision"] == precision]
+
+    def engine_problem(self, record: Mapping[str, Any], device: tuple[str, str, str] | None = None) -> str | None:
+        """Why an engine record cannot be used here (None: it can); see :func:`engine_record_problem`."""
+        return engine_record_problem(self.root, self.manifest, record, device)
+
+
+# --------------------------------------------------------------------------- engine records
+
+
+def device_key(gpu_name: str, compute_capability: str, tensorrt_version: str) -> str:
+    """What a TensorRT engine or timing cache is only valid for: <gpu>_<sm>_trt<version>."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
+    return f"{gpu}_{compute_capability}_trt{tensorrt_version}"
+
+
+def engine_key(gpu_name: str, compute_capability: str, tensorrt_version: str, onnx_sha256: str) -> str:
+    """Cache key of an engine: <gpu>_<sm>_trt<version>_<first 12 hex of the ONNX sha256>."""
+    return f"{device_key(gpu_name, compute_capability, tensorrt_version)}_{onnx_sha256[:12]}"
+
+
+def onnx_sha256(manifest: Mapping[str, Any], relative: str) -> str | None:
+    """The sha256 the manifest records for a package file (the spotter's section for spotter.onnx); None if none."""
+    entry = (manifest.get("files") or {}).get(relative)
+    if isinstance(entry, Mapping) and entry.get("sha256"):
+        return str(entry["sha256"])
+    spotter = manifest.get("spotter")
+    if isinstance(spotter, Mapping) and spotter.get("file") == relative and spotter.get("sha256"):
+        return str(spotter["sha256"])
+    return None
+
+
+def engine_record_problem(package_dir: str | os.PathLike, manifest: Mapping[str, Any], record: Mapping[str, Any],
+                          device: tuple[str, str, str] | None = None) -> str | None:
+    """Why a manifest engine record is stale or foreign (None: usable), as one line naming the engine.
+
+    Checked: the engine file exists; the ONNX it was built from still has the sha256 the package
+    records (a re-calibrated variant changes it); its cache key is the one its fields give; with
+    `device` = (GPU name, compute capability, TensorRT version), that it was built for this compute
+    capability and TensorRT version (an engine runs on neither another).
+    """
+    what = f"{record.get('engine')} ({record.get('precision', 'fp32')} {record.get('graph')})"
+    engine = record.get("engine")
+    if not engine or not (Path(package_dir) / str(engine)).is_file():
+        return f"engine {what} is missing from the package"
+    built_from, current = record.get("onnx_sha256"), onnx_sha256(manifest, str(record.get("onnx")))
+    if current is not None and built_from != current:
+        return (f"engine {what} is stale: built from {record.get('onnx')} sha256 {str(built_from)[:12]}, "
+                f"the package's {record.get('onnx')} is now {current[:12]}")
+    fields = (record.get("gpu"), record.get("compute_capability"), record.get("tensorrt"), built_from)
+    expected = engine_key(*map(str, fields)) if all(fields) else None
+    if record.get("key") and expected and record["key"] != expected:
+        return f"engine {what} is stale: its key {record['key']} no longer matches its record ({expected})"
+    if device is not None:
+        gpu, capability, version = device
+        if record.get("compute_capability") != capability or record.get("tensorrt") != version:
+            return (f"engine {what} was built for {record.get('gpu')} {record.get('compute_capability')} with "
+                    f"TensorRT {record.get('tensorrt')}; this is {gpu} {capability} with TensorRT {version}")
+    return None
+
 
 def read_manifest(package_dir: str | os.PathLike) -> dict[str, Any]:
     """manifest.json of a package, checked for format and version (files not verified)."""
@@ -334,20 +415,22 @@ class ExemplarBank:
         """Exemplar indices for a dive number, and a note saying which fallback was used (None: none).
 
         Order: the same dive number; else the same group (first digit) and position letter; else
-        any dive.  With `k`, at most k of them, chosen to spread over their scores.
+        any dive.  With `k`, at most k of them, chosen to spread over their scores.  Dive numbers
+        are compared in their canonical form (spec.canonical_dive_number: '407C' selects '407c').
         """
         if len(self) == 0:
             raise PackageError("the exemplar bank is empty: no exemplar can be selected")
-        dive_number = str(dive_number).strip()
+        dive_number = canonical_dive_number(dive_number)
+        bank_numbers = np.array([canonical_dive_number(d) for d in self.dive_number], dtype=str)
         note = None
-        chosen = np.flatnonzero(self.dive_number == dive_number)
+        chosen = np.flatnonzero(bank_numbers == dive_number)
         if chosen.size == 0:
             group, position = dive_group(dive_number), dive_position(dive_number)
-            groups = np.array([dive_group(d) for d in self.dive_number])
-            positions = np.array([dive_position(d) for d in self.dive_number])
+            groups = np.array([dive_group(d) for d in bank_numbers])
+            positions = np.array([dive_position(d) for d in bank_numbers])
             chosen = np.flatnonzero((groups == group) & (positions == position)) if group and position else chosen
             if chosen.size:
-                used = sorted(set(self.dive_number[chosen].tolist()))
+                used = sorted(set(bank_numbers[chosen].tolist()))
                 note = (f"no exemplar of dive {dive_number} in the bank: using group {group} position {position} "
                         f"({', '.join(used)})")
             else:
@@ -438,7 +521,7 @@ def write_bank_bin(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
                         "nbytes": len(raw)})
         blobs.append((offset, raw))
         offset += len(raw)
-    header = {"format": "fineparser-bank", "format_version": 1, "byte_order": "little",
+    header = {"format": BANK_BIN_FORMAT, "format_version": BANK_BIN_FORMAT_VERSION, "byte_order": "little",
               "alignment": BANK_BIN_ALIGN, "offsets": "relative to data_start", "arrays": entries,
               "strings": {name: [str(s) for s in values] for name, values in strings.items()},
               "metadata": dict(metadata or {})}
@@ -456,26 +539,53 @@ def write_bank_bin(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
 
 
 def read_bank_bin(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, Any]]:
-    """Read bank.bin: (numeric arrays, string lists, metadata); a malformed file is a PackageError."""
+    """Read bank.bin: (numeric arrays, string lists, metadata); a malformed file is a PackageError.
+
+    Checks what the C++ reader (cpp_demo/src/package.cpp) checks, in the same order: magic, header
+    length, JSON header, format, format version, byte order, each array's dtype, size and extent.
+    """
     path = Path(path)
     data = path.read_bytes()
+    redo = "re-export the package"  # the words of the C++ reader and of verify_files
     prefix = len(BANK_BIN_MAGIC) + 8
     if len(data) < prefix or data[:len(BANK_BIN_MAGIC)] != BANK_BIN_MAGIC:
-        raise PackageError(f"{path}: not a bank.bin file (bad magic)")
+        raise PackageError(f"{path}: not a bank.bin file (bad magic); {redo}")
     (header_len,) = struct.unpack("<Q", data[len(BANK_BIN_MAGIC):prefix])
+    if header_len > len(data) - prefix:
+        raise PackageError(f"{path}: bank.bin header runs past the end of the file (truncated?); {redo}")
     try:
         header = json.loads(data[prefix:prefix + header_len].decode("utf-8"))
     except ValueError as exc:
-        raise PackageError(f"{path}: bank.bin header is not JSON ({exc})") from exc
+        raise PackageError(f"{path}: bank.bin header is not JSON ({exc}); {redo}") from exc
+    if not isinstance(header, dict) or header.get("format") != BANK_BIN_FORMAT:
+        raise PackageError(f"{path}: header format is not {BANK_BIN_FORMAT!r}; {redo}")
+    version = header.get("format_version", 0)
+    if not isinstance(version, int) or version > BANK_BIN_FORMAT_VERSION:
+        raise PackageError(f"{path}: bank format version {version!r}, this reader knows up to "
+                           f"{BANK_BIN_FORMAT_VERSION}: upgrade fineparser, or {redo} with this version")
+    if header.get("byte_order", "little") != "little":
+        raise PackageError(f"{path}: byte order {header['byte_order']!r} is not supported (little only); {redo}")
     data_start = _aligned(prefix + header_len)
     arrays = {}
-    for entry in header["arrays"]:
-        start = data_start + entry["offset"]
-        if start + entry["nbytes"] > len(data):
-            raise PackageError(f"{path}: array {entry['name']} runs past the end of the file (truncated?)")
-        dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-        arrays[entry["name"]] = np.frombuffer(data, dtype=dtype, count=entry["nbytes"] // dtype.itemsize,
-                                              offset=start).reshape(entry["shape"]).astype(dtype.newbyteorder("="))
+    try:
+        for entry in header.get("arrays", []):
+            name, dtype_name, shape = entry["name"], entry["dtype"], [int(n) for n in entry["shape"]]
+            offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+            if dtype_name not in ("float32", "int64"):
+                raise PackageError(f"{path}: array {name} has dtype {dtype_name}, bank.bin stores float32 and "
+                                   f"int64; {redo}")
+            dtype = np.dtype(dtype_name).newbyteorder("<")
+            if min(shape, default=0) < 0 or int(np.prod(shape)) * dtype.itemsize != nbytes:
+                raise PackageError(f"{path}: array {name} of shape {shape} ({dtype_name}) cannot hold {nbytes} "
+                                   f"bytes; {redo}")
+            if offset < 0 or data_start + offset + nbytes > len(data):
+                raise PackageError(f"{path}: array {name} runs past the end of the file (truncated?); {redo}")
+            arrays[name] = np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize,
+                                         offset=data_start + offset).reshape(shape).astype(dtype.newbyteorder("="))
+    except PackageError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackageError(f"{path}: bank.bin header lists a malformed array entry ({exc!r}); {redo}") from exc
     return arrays, header.get("strings", {}), header.get("metadata", {})
 
 
@@ -502,10 +612,14 @@ __all__ = [
     "PAIR_HEAD_OUTPUTS",
     "PackageError",
     "add_variant",
+    "device_key",
     "dive_group",
     "dive_position",
+    "engine_key",
+    "engine_record_problem",
     "file_entry",
     "load_package",
+    "onnx_sha256",
     "read_bank_bin",
     "read_manifest",
     "sha256_file",

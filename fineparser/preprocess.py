@@ -161,12 +161,27 @@ def resize_frame(frame_rgb: np.ndarray) -> np.ndarray:
     return _resample(frame_rgb, RESIZE_HEIGHT, RESIZE_WIDTH)
 
 
-def resize_mask(mask: np.ndarray) -> np.ndarray:
-    """Resize an HxW diver mask (0/255, lossy) to 200x112 and round it to 0/1 uint8."""
-    if mask.ndim == 3:
-        mask = mask[:, :, 0]
+def mask_plane(mask: np.ndarray) -> np.ndarray:
+    """One HxW uint8 plane of a mask in any channel layout: grey as is, colour as its brightest channel.
+
+    A diver drawn in any colour (white, red, a palette colour) on black is the diver in this plane;
+    a 4th (alpha) channel is ignored.
+    """
+    if mask.ndim == 3 and mask.shape[2] in (1, 2, 3, 4):
+        channels = mask.shape[2]
+        colour = mask[:, :, : 3 if channels >= 3 else 1]
+        mask = colour.max(axis=2) if colour.shape[2] > 1 else colour[:, :, 0]
     if mask.ndim != 2:
-        raise ValueError(f"expected an HxW mask, got shape {mask.shape}")
+        raise ValueError(f"expected an HxW or HxWxC mask, got shape {mask.shape}")
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def resize_mask(mask: np.ndarray) -> np.ndarray:
+    """Resize a diver mask of any size (0/255, lossy; grey or colour) to 200x112 and round it to 0/1 uint8.
+
+    The mask is resized on its own, whatever the size of its frame (as the paper's transforms do).
+    """
+    mask = mask_plane(mask)
     resized = _resample(mask, RESIZE_HEIGHT, RESIZE_WIDTH)
     # The paper scales to [0, 1] and rounds: v / 255 >= 0.5  <=>  v >= 128 for integer levels.
     return (resized >= 128).astype(np.uint8)
@@ -319,11 +334,16 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Decode a JPEG diver mask to HxW uint8 (0..255, lossy); bad files raise FrameReadError."""
-    image = cv2.imdecode(_read_jpeg_bytes(path), cv2.IMREAD_GRAYSCALE)
+    """Decode a JPEG diver mask of any size and channel layout to HxW uint8 (0..255, lossy).
+
+    Grey masks come back as they are; colour masks as their brightest channel (:func:`mask_plane`),
+    so a red or palette-coloured diver is not lost to a grey conversion.  Bad files raise
+    FrameReadError.
+    """
+    image = cv2.imdecode(_read_jpeg_bytes(path), cv2.IMREAD_ANYCOLOR)  # grey stays 1 channel
     if image is None:
         raise FrameReadError("cannot decode JPEG", path)
-    return image
+    return mask_plane(image)
 
 
 __all__ = [
@@ -335,6 +355,7 @@ __all__ = [
     "center_crop_top",
     "crop",
     "hflip",
+    "mask_plane",
     "normalize_clip",
     "prepare_clip",
     "prepare_frame",

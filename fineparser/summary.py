@@ -1,5 +1,7 @@
 """`python -m fineparser.summary --preset NAME`: parameters and FLOPs per part, and the decomposition gain.
 
+`--spotter [TRUNK]` prints the spotter's figures instead (parameters, FLOPs per frame, input size).
+
 FLOPs are counted by torch's FlopCounterMode on the meta device (no real arithmetic, so even the
 `full` preset is summarised in seconds).  The paper's test procedure runs the whole network on
 (query, exemplar) once per exemplar, both directions and mask logits included; ours encodes the
@@ -17,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fineparser.config import FineParserConfig
 from fineparser.model import FineParser, QueryFeatures, parameter_counts
+from fineparser.spotter import DEFAULT_TRUNK, TRUNKS, SpotterConfig, format_spotter_summary, summarise_spotter
 
 
 def _flops_by_part(fn) -> tuple[int, dict[str, int]]:
@@ -42,7 +45,7 @@ def _params_by_class(model: FineParser) -> dict[str, tuple[list[str], int]]:
 
 def summarise(preset: str, exemplars: int = 10) -> dict:
     """Parameter and FLOP figures of one preset (meta device)."""
-    config = FineParserConfig.preset(preset)
+    config = FineParserConfig.from_preset(preset)
     with torch.device("meta"):
         model = FineParser(config).eval()
         clip = torch.empty(1, 3, 96, 112, 112)
@@ -85,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fineparser.summary", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="full", choices=FineParserConfig.preset_names())
     parser.add_argument("--exemplars", type=int, default=10, help="voters per query (paper: 10)")
+    parser.add_argument("--spotter", nargs="?", const=DEFAULT_TRUNK, choices=TRUNKS, metavar="TRUNK",
+                        help=f"summarise the spotter instead (trunk: {', '.join(TRUNKS)}; default {DEFAULT_TRUNK})")
     args = parser.parse_args(argv)
+    if args.spotter:
+        print(format_spotter_summary(summarise_spotter(SpotterConfig(trunk=args.spotter))))
+        return 0
     print(format_summary(summarise(args.preset, args.exemplars)))
     return 0
 

@@ -1,8 +1,7 @@
 """Score a finished dive: sample 96 frames, encode once, pair head against K exemplars, explain.
 
-final = mean_k(exemplar_score_k + delta_k); per-step deltas are the mean over exemplars of
-step_deltas (they sum to the mean delta).  Exemplars come from the dive number
-(``ExemplarBank.select``), whose fallback note is passed into the event.
+The exemplars, the final score and the per-step deltas follow ``fineparser.scoring``; the
+exemplar fallback note is passed into the event.
 """
 
 from __future__ import annotations
@@ -17,14 +16,12 @@ import numpy as np
 from fineparser import spec
 from fineparser.package import FALLBACK_ORDER, ExemplarBank
 from fineparser.preprocess import sample_frame_indices
-from runtime.backends import Backend, pair_feeds
+from fineparser.scoring import pair_feeds, score_dive, select_exemplars
+from runtime.backends import Backend
 from runtime.segments import Dive
 from runtime.sources import CapturedFrame
 
 log = logging.getLogger(__name__)
-
-NO_DIVE_NUMBER_NOTE = ("no dive number known for this dive (no start list, timecodes without dive numbers): "
-                       "using exemplars of any dive")
 
 
 class ScoringError(RuntimeError):
@@ -60,10 +57,7 @@ class DiveScorer:
 
     def exemplars(self, dive_number: str | None) -> tuple[np.ndarray, str | None]:
         """Bank indices for a dive number and the fallback note (None when the dive number itself was found)."""
-        if not dive_number:
-            indices, _ = self.bank.select("", k=self.voter_number)
-            return indices, NO_DIVE_NUMBER_NOTE
-        return self.bank.select(dive_number, k=self.voter_number)
+        return select_exemplars(self.bank, dive_number, self.voter_number)
 
     def score(self, dive: Dive, frames: list[CapturedFrame], ended_at: float) -> DiveResult:
         """Score one dive from its buffered frames; `ended_at` (perf_counter) is when its end was seen."""
@@ -72,20 +66,16 @@ class DiveScorer:
         query = self.backend.encode(clip, with_masks=self.with_masks)
         indices, note = self.exemplars(dive.dive_number)
         delta, step_deltas = self.backend.pair_head(pair_feeds(query, self.bank.pair_head_inputs(indices)))
-        delta = np.asarray(delta, dtype=np.float64).reshape(-1)
-        step_deltas = np.asarray(step_deltas, dtype=np.float64).reshape(-1, len(spec.STEP_NAMES))
-        exemplar_scores = self.bank.final_score[indices].astype(np.float64)
-        final = float(np.mean(exemplar_scores + delta))
-        mean_steps = step_deltas.mean(axis=0)
+        scored = score_dive(self.bank.final_score[indices], delta, step_deltas)
         transitions = np.asarray(query["transitions"]).reshape(-1)[:2].astype(np.int64)
         transitions = np.clip(transitions, 0, len(sampled) - 1)
         latency_ms = (time.perf_counter() - ended_at) * 1000.0
         event = {
             "dive": dive.index,
             "dive_number": dive.dive_number,
-            "score": round(final, 4),
-            "mean_delta": round(float(delta.mean()), 6),
-            "step_deltas": {name: round(float(v), 6) for name, v in zip(spec.STEP_NAMES, mean_steps)},
+            "score": round(scored.final, 4),
+            "mean_delta": round(scored.mean_delta, 6),
+            "step_deltas": {name: round(float(v), 6) for name, v in zip(spec.STEP_NAMES, scored.step_means)},
             "transitions_s": [round(sampled[int(t)].time, 4) for t in transitions],
             "transition_frames": transitions.tolist(),
             "start_s": round(dive.start, 4),
@@ -93,7 +83,7 @@ class DiveScorer:
             "frames_in_dive": len(frames),
             "exemplars": [{"clip_id": str(self.bank.clip_id[i]), "dive_number": str(self.bank.dive_number[i]),
                            "score": round(float(self.bank.final_score[i]), 4), "delta": round(float(d), 6)}
-                          for i, d in zip(indices, delta)],
+                          for i, d in zip(indices, scored.deltas)],
             "exemplar_fallback": note,
             "fallback_order": list(FALLBACK_ORDER),
             "backend": getattr(self.backend, "description", self.backend.name),

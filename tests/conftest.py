@@ -36,7 +36,7 @@ def tiny_model():
     from fineparser.model import FineParser
 
     torch.manual_seed(1234)
-    model = FineParser(FineParserConfig.preset("tiny"))
+    model = FineParser(FineParserConfig.from_preset("tiny"))
     randomise_batchnorm(model)
     return model.eval()
 
@@ -44,7 +44,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A small synthetic dataset (12 dives, two dive numbers per board: repeats in train and test)."""
-    from fineparser.synth import generate_dataset
+    from synth import generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
     generate_dataset(root, 12, seed=3, dive_pool=2, progress=False)

@@ -1,8 +1,12 @@
-"""Tiny fake FineDiving / FineDiving-HM datasets in the real on-disk layout, for data tests.
+"""Tiny fake FineDiving / FineDiving-HM datasets in the real on-disk layouts, for data tests.
 
-Frames are small uniform colours that encode their position in the clip (see
-:func:`position_colour` / :func:`decode_position`) so a test can tell which frames were sampled;
-masks are a left-hand block, so a horizontal flip shows.
+Records are those of the real ``fine-grained_annotation_aqa.pkl``: lists [dive_number, final_score,
+difficulty, steps_transit_frames, frames_labels], keys (competition, clip_id).  Frames are small
+uniform colours that encode their position in the clip (see :func:`position_colour` /
+:func:`decode_position`) so a test can tell which frames were sampled; masks are a left-hand
+block, so a horizontal flip shows.  ``layout`` picks the folder names: "config" (the paper's
+config: FINADiving_MTL_256s, diving_mask_annotation, Annotations inside the root) or "readme"
+(the READMEs: FineDiving, FineDiving_HM, Annotations beside the root).
 """
 
 from __future__ import annotations
@@ -90,33 +94,48 @@ def write_dataset(
     *,
     with_masks: bool = True,
     frame_hw: tuple[int, int] = FRAME_HW,
+    mask_hw: tuple[int, int] | None = None,
+    mask_colour: tuple[int, int, int] | None = None,
+    layout: str = "config",
 ) -> DataPaths:
-    """Write clips, masks, annotation and splits under ``root`` in the standard layout."""
+    """Write clips, masks, annotation and splits under ``root``; returns ``DataPaths.discover(root)``.
+
+    ``mask_hw`` writes masks of another size than the frames; ``mask_colour`` writes the diver in
+    that RGB colour on black as a 3-channel JPEG (FineDiving-HM does not promise grey masks).
+    """
     height, width = frame_hw
+    mask_height, mask_width = mask_hw or frame_hw
+    frames_dir, masks_dir, annotations = {
+        "config": (FRAMES_DIR, MASKS_DIR, root / ANNOTATIONS_DIR),
+        "readme": ("FineDiving", "FineDiving_HM", root.parent / ANNOTATIONS_DIR),
+    }[layout]
     annotation = {}
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
     for clip in clips:
-        folder = root / FRAMES_DIR / clip.competition / str(clip.clip_id)
+        folder = root / frames_dir / clip.competition / str(clip.clip_id)
         folder.mkdir(parents=True, exist_ok=True)
-        mask_folder = root / MASKS_DIR / clip.competition / str(clip.clip_id)
+        mask_folder = root / masks_dir / clip.competition / str(clip.clip_id)
         if with_masks:
             mask_folder.mkdir(parents=True, exist_ok=True)
+        mask = mask_image(mask_height, mask_width)
+        if mask_colour is not None:
+            mask = (mask[:, :, None] // 255) * np.asarray(mask_colour, dtype=np.uint8)
         for position in range(len(clip.frame_labels)):
             name = f"{clip.first_frame + position:05d}.jpg"
             frame = np.empty((height, width, 3), dtype=np.uint8)
             frame[:] = position_colour(position % 256)
             write_jpeg(folder / name, frame)
             if with_masks:
-                write_jpeg(mask_folder / name, mask_image(height, width))
-        annotation[clip.key] = (
+                write_jpeg(mask_folder / name, mask)
+        labels = np.asarray(clip.frame_labels, dtype=np.int64)
+        annotation[clip.key] = [
             clip.dive_number,
             clip.final_score,
             clip.difficulty,
-            {"judges": [7.0, 7.5]},  # index 3: other info the loader ignores
-            np.asarray(clip.frame_labels, dtype=np.int64),
-        )
+            np.flatnonzero(np.diff(labels) != 0).astype(np.int64),  # steps_transit_frames, unused
+            labels,
+        ]
         splits[clip.split].append(clip.key)
-    annotations = root / ANNOTATIONS_DIR
     annotations.mkdir(parents=True, exist_ok=True)
     (annotations / ANNOTATION_FILE).write_bytes(pickle.dumps(annotation))
     (annotations / TRAIN_SPLIT_FILE).write_bytes(pickle.dumps(splits["train"]))
@@ -125,17 +144,21 @@ def write_dataset(
 
 
 def standard_clips() -> list[FakeClip]:
-    """Two dive numbers: 107B (3 train, 1 test) and 5253B (2 train, 1 test); 20-40 frames each."""
+    """Two dive numbers: 107b (3 train, 1 test) and 5253b (2 train, 1 test); 20-40 frames each.
+
+    Dive numbers are lower case and step labels use the real table's ids (1 Forward, 15 '2.5
+    Soms.Pike', 36 Entry), as the real annotation writes them.
+    """
 
     def labels(n: int) -> list[int]:
-        return step_labels(n, [0, n // 4, 3 * n // 4], [0, 3, 7])
+        return step_labels(n, [0, n // 4, 3 * n // 4], [1, 15, 36])
 
     return [
-        FakeClip("WorldCup2021_M3m", 0, "107B", 80.5, 3.0, labels(30), first_frame=0),
-        FakeClip("WorldCup2021_M3m", 1, "107B", 60.0, 3.0, labels(24), first_frame=5),
-        FakeClip("WorldCup2021_M3m", 2, "107B", 70.0, 3.0, labels(40), first_frame=120),
-        FakeClip("WorldCup2021_M3m", 3, "5253B", 66.0, 3.2, labels(28)),
-        FakeClip("Olympics2020_W10m", 0, "5253B", 71.0, 3.2, labels(22)),
-        FakeClip("Olympics2020_W10m", 1, "107B", 75.0, 3.0, labels(26), split="test"),
-        FakeClip("Olympics2020_W10m", 2, "5253B", 55.5, 3.2, labels(20), split="test"),
+        FakeClip("WorldCup2021_M3m", 0, "107b", 80.5, 3.0, labels(30), first_frame=0),
+        FakeClip("WorldCup2021_M3m", 1, "107b", 60.0, 3.0, labels(24), first_frame=5),
+        FakeClip("WorldCup2021_M3m", 2, "107b", 70.0, 3.0, labels(40), first_frame=120),
+        FakeClip("WorldCup2021_M3m", 3, "5253b", 66.0, 3.2, labels(28), first_frame=99990),
+        FakeClip("Olympics2020_W10m", 0, "5253b", 71.0, 3.2, labels(22)),
+        FakeClip("Olympics2020_W10m", 1, "107b", 75.0, 3.0, labels(26), split="test"),
+        FakeClip("Olympics2020_W10m", 2, "5253b", 55.5, 3.2, labels(20), split="test"),
     ]

@@ -22,7 +22,7 @@ from fineparser.config import FineParserConfig
 from fineparser.convert import main as convert_main
 from fineparser.model import FineParser
 
-TINY = FineParserConfig.preset("tiny")
+TINY = FineParserConfig.from_preset("tiny")
 
 
 def clip(seed: int, n: int = 1) -> torch.Tensor:

@@ -3,8 +3,10 @@
 Builds cpp_demo's library, fineparser_tool and unit tests with CMake (Release, into build/cpp_demo or
 $FINEPARSER_CPP_BUILD; incremental after the first build), runs the C++ unit tests (ctest), then
 compares the C++ side with the Python side on inputs made here: preprocessing of decoded video frames,
-filter weights, frame sampling, the exported bank.bin, exemplar selection, timecodes, number formatting,
-score events, and the whole scoring loop with a stand-in backend. Skips, with the reason, where cmake,
+filter weights, frame sampling, the exported bank.bin, exemplar selection, timecodes, number rounding,
+score events, and the whole scoring loop with a stand-in backend. Events are held to one written
+contract, docs/events.schema.json: both sides' events validate against it and their numbers agree within
+NUMBER_TOLERANCE; how either side spells a number is its own business. Skips, with the reason, where cmake,
 a C++ compiler, OpenCV's or nlohmann_json's development files are missing (`.ci/run` installs them).
 The TensorRT executable itself needs TensorRT and a GPU; `test_tensorrt_sources_compile` compiles its
 sources against TensorRT headers named by $FINEPARSER_TRT_INCLUDE.
@@ -23,9 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from jsonschema import Draft202012Validator
 
 from fineparser import preprocess
-from fineparser.package import ExemplarBank, PackageError, load_package, write_manifest
+from fineparser.package import ExemplarBank, PackageError, load_package, read_bank_bin, write_manifest
 from runtime.cli import LiveOptions, run_live
 from runtime.events import EventBus
 from runtime.scorer import DiveScorer
@@ -34,6 +37,7 @@ from runtime.sources import CapturedFrame
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "cpp_demo"
+EVENT_SCHEMA = REPO / "docs" / "events.schema.json"
 BUILD = Path(os.environ.get("FINEPARSER_CPP_BUILD", REPO / "build" / "cpp_demo"))
 
 MAX_LEVEL_DIFF = 1
@@ -309,14 +313,54 @@ def test_timecodes_read_like_python(build, tmp_path):
         assert out.returncode == 2 and out.stderr.strip() == f"error: {python_error.value}", name
 
 
-def test_numbers_are_formatted_like_python(build):
+def test_numbers_round_like_python(build):
+    """Event values are rounded as runtime/scorer.py rounds them (exactly: the same doubles come back), and
+    error messages quote numbers as Python's repr() does (segments.cpp: the timecode errors above)."""
     rng = np.random.default_rng(3)
     values = [0.0, -0.0, 1.0, 2.675, 0.125, 55.98885, 1e-05, 1.5e-07, 123456789.0, 1e16, 1.2345678901234567e+17,
               -3.0000000000000004, *rng.normal(0, 50, 40).tolist(), *(rng.normal(0, 1, 20) * 10.0 ** rng.integers(
                   -8, 18, 20)).tolist(), *rng.normal(0, 1, 20).astype(np.float32).astype(float).tolist()]
     got = tool_json(build, "format", *[repr(v) for v in values])
     for value, (text, r4, r6) in zip(values, got):
-        assert (text, r4, r6) == (repr(value), json.dumps(round(value, 4)), json.dumps(round(value, 6))), value
+        assert (text, r4, r6) == (repr(value), round(value, 4), round(value, 6)), value
+
+
+NUMBER_TOLERANCE = 1e-4
+"""How far a C++ number in an event may be from Python's: one unit in the 4th decimal, the coarsest
+rounding of any compared value (scores and stream times are rounded to 4 decimals, so a last-bit
+difference before rounding can move a rounded value by that much). Integers must be equal."""
+
+
+@pytest.fixture(scope="module")
+def event_schema() -> Draft202012Validator:
+    schema = json.loads(EVENT_SCHEMA.read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def assert_valid_event(validator: Draft202012Validator, event: dict, side: str) -> None:
+    errors = [f"{'/'.join(map(str, e.absolute_path)) or '(event)'}: {e.message}" for e in validator.iter_errors(event)]
+    assert not errors, f"{side} event breaks {EVENT_SCHEMA.name}: {errors}\n{event}"
+
+
+def assert_agree(got, want, where: str = "event") -> None:
+    """C++ value `got` matches Python's `want`: same keys, same strings, numbers within NUMBER_TOLERANCE."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), f"{where}: fields {sorted(got)} != {sorted(want)}"
+        for key in want:
+            assert_agree(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: {got} != {want}"
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_agree(a, b, f"{where}[{i}]")
+    elif isinstance(want, (int, float)) and not isinstance(want, bool):
+        assert isinstance(got, (int, float)) and not isinstance(got, bool), f"{where}: {got!r} is not a number"
+        if isinstance(want, int) and isinstance(got, int):
+            assert got == want, f"{where}: {got} != {want}"
+        else:
+            assert got == pytest.approx(want, rel=0, abs=NUMBER_TOLERANCE), f"{where}: {got} != {want}"
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
 
 
 class StandInBackend:
@@ -350,7 +394,8 @@ def without_wall_clock(event: dict) -> dict:
 
 @pytest.mark.parametrize("dive_number, frames, voters", [("107B", 130, 10), ("109B", 40, 10), ("405C", 96, 3),
                                                           (None, 7, 12), ("5253B", 300, 1)])
-def test_score_event_equals_the_python_scorer(build, package, tmp_path, dive_number, frames, voters):
+def test_score_event_agrees_with_the_python_scorer(build, package, event_schema, tmp_path, dive_number, frames,
+                                                  voters):
     bank = ExemplarBank.from_npz(package / "bank.npz")
     rng = np.random.default_rng(frames)
     times = np.cumsum(rng.uniform(0.02, 0.05, frames)) + 3.0
@@ -368,14 +413,16 @@ def test_score_event_equals_the_python_scorer(build, package, tmp_path, dive_num
             "step_deltas_by_row": (bank.window_features[:, 0, 0, None] * np.float32([0.3, 0.5, 0.2])).tolist()}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     got = tool_json(build, "score-event", tmp_path / "spec.json")
-    assert list(got) == list(want)  # same fields in the same order
-    assert without_wall_clock(got) | {"backend": None} == without_wall_clock(want) | {"backend": None}
+    stamp = {"type": "score", "seq": 0, "wall_time": "2026-11-28T19:38:08.185+00:00"}
+    assert_valid_event(event_schema, stamp | got, "C++")
+    assert_valid_event(event_schema, stamp | want, "Python")
+    assert_agree(without_wall_clock(got) | {"backend": None}, without_wall_clock(want) | {"backend": None})
 
 
 # --------------------------------------------------------------------------- the whole loop
 
 
-def test_scoring_loop_emits_the_python_runtime_events(build, package, tmp_path):
+def test_scoring_loop_emits_the_python_runtime_events(build, package, event_schema, tmp_path):
     video = lossless_video(tmp_path / "programme.mkv", natural_frames(90, 180, 320, seed=11))
     (tmp_path / "dives.csv").write_text("start,end,dive_number\n0.4,1.6,107B\n2.0,2.8,\n3.2,9.0,405C\n")
     cpp = tool(build, "run", video, "--package", package, "--segment", f"timecodes:{tmp_path / 'dives.csv'}")
@@ -384,20 +431,24 @@ def test_scoring_loop_emits_the_python_runtime_events(build, package, tmp_path):
     bus.subscribe(want.append)
     options = LiveOptions(source=str(video), package=package, segment=f"timecodes:{tmp_path / 'dives.csv'}")
     run_live(options, backend=StandInBackend(), bus=bus, table=False)
+    for side, events in (("C++", got), ("Python", want)):
+        for event in events:
+            assert_valid_event(event_schema, event, side)
+        assert [e["seq"] for e in events] == list(range(len(events))), side
     # The Python capture thread announces the end of the stream whenever it gets there; compare the
     # rest in order, and the stream events by status.
     python_events = [without_wall_clock(e) for e in want if e["type"] != "stream" or e["status"] != "backend"]
     cpp_events = [without_wall_clock(e) for e in got]
-    assert [e for e in cpp_events if e["type"] != "stream"] == [e for e in python_events if e["type"] != "stream"]
-    assert sorted(map(json.dumps, (e for e in cpp_events if e["type"] == "stream"))) == sorted(
-        map(json.dumps, (e for e in python_events if e["type"] == "stream")))
+    assert_agree([e for e in cpp_events if e["type"] != "stream"], [e for e in python_events if e["type"] != "stream"])
+    assert_agree({e["status"]: e for e in cpp_events if e["type"] == "stream"},
+                 {e["status"]: e for e in python_events if e["type"] == "stream"}, "stream")
     scores = [e for e in got if e["type"] == "score"]
     assert [s["dive"] for s in scores] == [1, 2, 3] and scores[2]["end_s"] == 3.6  # dive 3 ends with the stream
     # --dive-number names the dives the timecodes leave without one.
     named = tool(build, "run", video, "--package", package, "--segment", f"timecodes:{tmp_path / 'dives.csv'}",
                  "--dive-number", "105B")
     numbers = [json.loads(line)["dive_number"] for line in named.stdout.splitlines() if '"score"' in line]
-    assert numbers == ["107B", "105B", "405C"]
+    assert numbers == ["107b", "105b", "405c"]  # events show the canonical spelling
 
 
 def test_bad_inputs_are_one_error_line(build, package, tmp_path):
@@ -438,3 +489,45 @@ def test_bank_bin_layout_is_the_documented_one(package):
     assert header["byte_order"] == "little" and header["alignment"] == 64 and header["format_version"] == 1
     assert all(entry["offset"] % 64 == 0 for entry in header["arrays"])
     assert sys.byteorder == "little"
+
+
+def damaged_banks(package: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    """bank.bin damaged as a bad copy or a full disk damages it: name -> (file, what the error must say)."""
+    raw = (package / "bank.bin").read_bytes()
+    (length,) = struct.unpack("<Q", raw[8:16])
+    assert b'"format_version":1,' in raw[16:16 + length]
+    cases = {
+        "bad_magic": (b"FPBANK99" + raw[8:], "not a bank.bin file (bad magic)"),
+        "empty": (b"", "not a bank.bin file (bad magic)"),
+        "bad_length": (raw[:8] + struct.pack("<Q", len(raw)) + raw[16:], "header runs past the end of the file"),
+        "cut_in_header": (raw[:16 + length // 2], "header runs past the end of the file (truncated?)"),
+        "garbled_header": (raw[:16] + b"#" + raw[17:], "bank.bin header is not JSON"),
+        "newer_version": (raw.replace(b'"format_version":1,', b'"format_version":7,', 1), "bank format version 7"),
+        "cut_in_arrays": (raw[:-100], "runs past the end of the file (truncated?)"),
+    }
+    out = {}
+    for name, (data, message) in cases.items():
+        (folder / f"{name}.bin").write_bytes(data)
+        out[name] = (folder / f"{name}.bin", message)
+    return out
+
+
+def test_python_bank_reader_refuses_a_damaged_file(package, tmp_path):
+    """Like the C++ reader: magic, header length, header, version, array extents; the error names the file and
+    says to re-export the package."""
+    for name, (path, message) in damaged_banks(package, tmp_path).items():
+        with pytest.raises(PackageError) as error:
+            ExemplarBank.from_bin(path)
+        text = str(error.value)
+        assert text.startswith(f"{path}: ") and message in text and "re-export the package" in text, (name, text)
+
+
+def test_cpp_bank_reader_refuses_the_same_files(build, package, tmp_path):
+    for name, (path, message) in damaged_banks(package, tmp_path).items():
+        out = tool(build, "bank", path, check=False)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and str(path) in out.stderr, (name, out.stderr)
+        assert message in out.stderr, (name, out.stderr)
+        if name in ("bad_magic", "empty", "bad_length", "cut_in_header"):  # both say it in the same words
+            with pytest.raises(PackageError) as python_error:
+                read_bank_bin(path)
+            assert out.stderr.strip() == f"error: {python_error.value}", name

@@ -1,4 +1,4 @@
-"""FineDiving data: paths, clip loading, pair datasets, and every bad input as a DataError."""
+"""FineDiving data: layouts, records, dive numbers, masks, clip loading, pair datasets, every bad input."""
 
 from __future__ import annotations
 
@@ -27,12 +27,17 @@ from fineparser.data import (  # noqa: E402
     ANNOTATIONS_DIR,
     FRAMES_DIR,
     MASKS_DIR,
+    TEST_SPLIT_FILE,
+    TRAIN_SPLIT_FILE,
     DataError,
     DataPaths,
     FineDivingIndex,
     PairDataset,
     TestDataset,
+    load_annotation_pickle,
 )
+from fineparser.package import ExemplarBank  # noqa: E402
+from fineparser.spec import canonical_dive_number  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +54,44 @@ def frame_folder(paths: DataPaths, key: tuple[str, int]) -> Path:
 # --------------------------------------------------------------------------- paths
 
 
-def test_discover_standard_layout(dataset) -> None:
+def test_discover_config_layout(dataset, caplog) -> None:
     root = dataset.frames_root.parent
     assert dataset.frames_root == root / FRAMES_DIR
-    assert dataset.mask_root == root / MASKS_DIR
+    assert dataset.mask_root == root / MASKS_DIR and dataset.masks_note is None
     assert dataset.annotation == root / ANNOTATIONS_DIR / ANNOTATION_FILE
     shutil.rmtree(root / MASKS_DIR)
-    assert DataPaths.discover(root).mask_root is None  # plain FineDiving
+    with caplog.at_level(logging.INFO, logger="fineparser.data"):
+        plain = DataPaths.discover(root)  # plain FineDiving: frames, no masks
+    assert plain.mask_root is None and not plain.has_masks
+    note = plain.masks_note
+    assert note is not None and "\n" not in note
+    assert str(root / MASKS_DIR) in note and str(root / "FineDiving_HM") in note
+    assert [r.getMessage() for r in caplog.records if "masks" in r.getMessage()] == [note]
+    with pytest.raises(DataError, match="FineDiving_HM"):  # who asks for masks hears where they were sought
+        PairDataset(FineDivingIndex(plain), seed=0, with_masks=True)
+
+
+def test_discover_readme_layout_with_annotations_beside_the_root(tmp_path) -> None:
+    # FineParser's README: $DATASET_ROOT/FineDiving, $DATASET_ROOT/FineDiving_HM, annotations elsewhere.
+    root = tmp_path / "data"
+    paths = write_dataset(root, standard_clips(), layout="readme")
+    assert paths.frames_root == root / "FineDiving" and paths.mask_root == root / "FineDiving_HM"
+    assert paths.annotation == tmp_path / ANNOTATIONS_DIR / ANNOTATION_FILE
+    assert paths.train_split.parent == paths.test_split.parent == tmp_path / ANNOTATIONS_DIR
+    index = FineDivingIndex(paths)
+    assert len(index.train_keys) == 5 and index.check(deep=True) == []
+    # the 2022 FineDiving README: the pickles directly in the root
+    for name in (ANNOTATION_FILE, TRAIN_SPLIT_FILE, TEST_SPLIT_FILE):
+        shutil.move(str(tmp_path / ANNOTATIONS_DIR / name), root / name)
+    assert DataPaths.discover(root).annotation == root / ANNOTATION_FILE
+    # explicit folders replace the search; masks are then sought beside the frames
+    explicit = DataPaths.discover(frames_root=root / "FineDiving", annotations=root)
+    assert explicit.frames_root == root / "FineDiving" and explicit.mask_root == root / "FineDiving_HM"
+    shutil.move(str(root / "FineDiving_HM"), tmp_path / "hm")
+    assert DataPaths.discover(root).masks_note is not None
+    assert DataPaths.discover(root, mask_root=tmp_path / "hm").mask_root == tmp_path / "hm"
+    with pytest.raises(DataError, match=r"\(mask_root\)"):  # a mask folder named explicitly must exist
+        DataPaths.discover(root, mask_root=tmp_path / "nowhere")
 
 
 def test_discover_lists_what_is_missing(tmp_path) -> None:
@@ -63,7 +99,7 @@ def test_discover_lists_what_is_missing(tmp_path) -> None:
     with pytest.raises(DataError) as error:
         DataPaths.discover(tmp_path)
     message = str(error.value)
-    assert "3 required item(s) missing" in message
+    assert "3 required item(s) missing" in message and "annotation, train_split, test_split" in message
     assert f"found    {tmp_path / FRAMES_DIR}" in message
     assert f"missing  {tmp_path / ANNOTATIONS_DIR / ANNOTATION_FILE}" in message
     assert "train_split.pkl" in message and "test_split.pkl" in message and MASKS_DIR in message
@@ -87,12 +123,70 @@ def test_explicit_scattered_paths(tmp_path) -> None:
     index.check(deep=True)
 
 
+# --------------------------------------------------------------------------- records and dive numbers
+
+
+def test_real_list_records_and_older_tuples_read_alike(dataset) -> None:
+    lists = FineDivingIndex(dataset)
+    record = load_annotation_pickle(dataset.annotation)[("WorldCup2021_M3m", 0)]
+    assert type(record) is list and len(record) == 5 and record[3].dtype == np.int64
+    # synthetic worlds before 2.0: tuples with judge scores at index 3, upper-case dive numbers
+    _rewrite(
+        dataset.annotation,
+        lambda anno: {k: (v[0].upper(), v[1], v[2], (7.0, 7.5, 8.0), v[4]) for k, v in anno.items()},
+    )
+    tuples = FineDivingIndex(dataset)
+    for key in lists.train_keys + lists.test_keys:
+        a, b = lists.info(key), tuples.info(key)
+        assert (a.dive_number, a.final_score, a.difficulty) == (b.dive_number, b.final_score, b.difficulty)
+        np.testing.assert_array_equal(a.frame_labels, b.frame_labels)
+    assert tuples.dive_numbers == ["107b", "5253b"]
+
+
+def test_canonical_dive_number() -> None:
+    assert canonical_dive_number("407C") == canonical_dive_number(" 407 c\t") == "407c"
+    assert canonical_dive_number("5237d") == "5237d"
+
+
+def test_bank_of_lowercase_dive_numbers_selects_407C() -> None:
+    numbers = ["407c", "407c", "107b", "5237d"]  # as a bank exported from the real annotations holds them
+    n = len(numbers)
+    bank = ExemplarBank(np.zeros((n, 9, 4)), np.zeros((n, 2)), np.zeros((n, 12, 4)), [70.0, 80.0, 60.0, 75.0],
+                        [3.2, 3.2, 3.0, 3.3], numbers, [f"c/{i}" for i in range(n)])
+    for spelling in ("407C", "407c", " 407 C "):
+        chosen, note = bank.select(spelling, k=10)
+        assert chosen.tolist() == [0, 1] and note is None
+    chosen, note = bank.select("5237D")
+    assert chosen.tolist() == [3] and note is None
+    chosen, note = bank.select("105B")  # same group and position as 107b
+    assert chosen.tolist() == [2] and "no exemplar of dive 105b" in note and "(107b)" in note
+
+
+def test_start_list_dive_numbers_are_canonical(tmp_path) -> None:
+    from runtime.segments import read_start_list
+
+    listing = tmp_path / "start.csv"
+    listing.write_text("order,diver,dive_number,difficulty\n2,B, 5237D ,3.3\n1,A,407C,3.2\n")
+    assert read_start_list(listing) == ["407c", "5237d"]
+
+
+def test_annotation_pickles_that_name_code_are_refused(dataset) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (subprocess.call, (["false"],))
+
+    dataset.annotation.write_bytes(pickle.dumps({("C", 0): Payload()}))
+    with pytest.raises(DataError, match="subprocess.call") as error:
+        FineDivingIndex(dataset)
+    assert error.value.path == dataset.annotation
+
+
 # --------------------------------------------------------------------------- loading
 
 
 def test_index_pools_are_train_only(dataset) -> None:
     index = FineDivingIndex(dataset, voter_number=2)
-    assert index.dive_numbers == ["107B", "5253B"]
+    assert index.dive_numbers == ["107b", "5253b"]
     assert set(index.exemplar_pool("107B")) == {("WorldCup2021_M3m", k) for k in (0, 1, 2)}
     for dive in index.dive_numbers:
         assert not set(index.exemplar_pool(dive)) & set(index.test_keys)
@@ -107,11 +201,11 @@ def test_load_clip_test_mode(dataset) -> None:
     assert clip.masks is not None and clip.masks.shape == (96, 112, 112) and clip.masks.dtype == np.uint8
     assert clip.transitions.dtype == np.int64 and clip.frame_labels.dtype == np.int64
     assert clip.frame_labels.shape == (96,)
-    assert (clip.dive_number, clip.final_score, clip.difficulty) == ("107B", 70.0, 3.0)
+    assert (clip.dive_number, clip.final_score, clip.difficulty) == ("107b", 70.0, 3.0)
     positions = np.linspace(0, 39, 96).astype(int)
     decoded = [decode_position(clip.frames[t].reshape(-1, 3).mean(0)) for t in range(96)]
     assert decoded == positions.tolist()  # the sampled frames, in order, from the first file on
-    labels = np.asarray(step_labels(40, [0, 10, 30], [0, 3, 7]))
+    labels = np.asarray(step_labels(40, [0, 10, 30], [1, 15, 36]))
     np.testing.assert_array_equal(clip.frame_labels, labels[positions])
     # mask: left third of the frame, centre crop keeps all columns
     assert clip.masks[:, :, :30].all() and not clip.masks[:, :, 45:].any()
@@ -133,6 +227,31 @@ def test_transitions_of_a_known_clip(tmp_path) -> None:
     np.testing.assert_array_equal(clip.transitions, [28, 66])
     assert clip.frame_labels[28] == 0 and clip.frame_labels[29] == 5
     assert clip.frame_labels[66] == 5 and clip.frame_labels[67] == 9
+
+
+def test_frame_numbers_past_99999_keep_their_order(dataset) -> None:
+    # 28 frames numbered 99990..100017: names grow from five to six digits mid-clip, as in 531 real clips.
+    key = ("WorldCup2021_M3m", 3)
+    index = FineDivingIndex(dataset)
+    files = index.clip_files(key)
+    assert (files.first, files.last) == (99990, 100017) and files.frames[10].name == "100000.jpg"
+    clip = index.load_clip(key, train=False)
+    decoded = [decode_position(clip.frames[t].reshape(-1, 3).mean(0)) for t in range(96)]
+    assert decoded == np.linspace(0, 27, 96).astype(int).tolist()  # short clip: frames repeat, in order
+
+
+def test_colour_mask_at_half_the_frame_size(tmp_path) -> None:
+    grey = FineDivingIndex(write_dataset(tmp_path / "grey", standard_clips()))
+    colour = FineDivingIndex(
+        write_dataset(tmp_path / "colour", standard_clips(), mask_hw=(16, 24), mask_colour=(200, 0, 0))
+    )
+    colour.check(deep=True)
+    key = ("WorldCup2021_M3m", 2)
+    expected = grey.load_clip(key, train=False, with_masks=True).masks
+    masks = colour.load_clip(key, train=False, with_masks=True).masks
+    assert masks.shape == (96, 112, 112) and set(np.unique(masks)) <= {0, 1}
+    assert masks[:, :, :30].all() and not masks[:, :, 45:].any()  # the left third, as the grey mask
+    assert np.mean(masks == expected) > 0.99
 
 
 def test_load_clip_train_mode_is_seeded(dataset) -> None:
@@ -208,7 +327,7 @@ def test_pair_dataset_without_masks_and_lonely_dive(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="fineparser.data"):
         pairs = PairDataset(index, seed=0)
     lonely = [r for r in caplog.records if "single training clip" in r.getMessage()]
-    assert len(lonely) == 1 and "6245D" in lonely[0].getMessage()
+    assert len(lonely) == 1 and "6245d" in lonely[0].getMessage()
     solo = index.train_keys.index(("Solo", 0))
     item = pairs[solo]
     assert item["query"]["key"] == item["exemplar"]["key"] == "Solo/0"
@@ -219,7 +338,7 @@ def test_test_dataset(dataset, caplog) -> None:
     index = FineDivingIndex(dataset, voter_number=3)
     with caplog.at_level(logging.WARNING, logger="fineparser.data"):
         tests = TestDataset(index, seed=3, with_masks=True)
-    assert any("5253B (2)" in r.getMessage() for r in caplog.records)  # fewer than 3 exemplars: stated
+    assert any("5253b (2)" in r.getMessage() for r in caplog.records)  # fewer than 3 exemplars: stated
     assert len(tests) == 2
     for i in range(2):
         item = tests[i]
@@ -350,7 +469,7 @@ def test_split_key_missing_from_annotation(dataset) -> None:
 def test_dive_number_without_training_exemplar(dataset) -> None:
     key = ("Olympics2020_W10m", 2)
     _rewrite(dataset.annotation, lambda anno: {**anno, key: ("9999Z", *anno[key][1:])})
-    with pytest.raises(DataError, match="'9999Z' has no training exemplar") as error:
+    with pytest.raises(DataError, match="'9999z' has no training exemplar") as error:
         FineDivingIndex(dataset)
     _assert_names(error.value, key, dataset.train_split)
 
@@ -383,7 +502,7 @@ def test_skip_bad_drops_and_counts(dataset, caplog) -> None:
     shutil.rmtree(frame_folder(dataset, ("Olympics2020_W10m", 0)))
     dropped = index.check()
     assert {p.key for p in dropped} == {("Olympics2020_W10m", 0), ("Olympics2020_W10m", 2)}
-    assert index.test_keys == [("Olympics2020_W10m", 1)] and index.dive_numbers == ["107B"]
+    assert index.test_keys == [("Olympics2020_W10m", 1)] and index.dive_numbers == ["107b"]
 
 
 # --------------------------------------------------------------------------- torch-free

@@ -29,6 +29,8 @@ def test_reader_reads_generated_world(synth_root):
         assert sample.transitions.tolist() == expected, key
         assert 0 <= expected[0] < 48 <= expected[1] < 96
         assert sample.dive_number == d["dive_number"] and sample.final_score == d["final_score"]
+        files = index.clip_files(key)  # frames named by their number in the untrimmed video
+        assert (files.first, files.last) == (d["start_frame"], d["end_frame"])
 
 
 def test_pairs_and_voters_use_train_exemplars_of_the_same_dive_number(synth_root):

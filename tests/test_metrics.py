@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fineparser.metrics import MaskStats, aiou, l2, relative_l2, score_metrics, spearman_rho, tiou
+from fineparser.metrics import (
+    MaskCounts,
+    aiou,
+    l2,
+    pairwise_mask_metrics,
+    relative_l2,
+    score_metrics,
+    spearman_rho,
+    tiou,
+)
 
 
 def test_spearman_matches_scipy_with_ties():
@@ -36,12 +45,30 @@ def test_tiou_and_aiou():
 def test_mask_stats_threshold_is_probability_half():
     logits = np.array([[[2.0, -2.0], [0.1, -0.1]]])
     target = np.array([[[1, 1], [0, 0]]])
-    s = MaskStats()
-    s.update(logits, target)
-    assert (s.tp, s.fp, s.fn, s.tn) == (1, 1, 1, 1)
+    s = MaskCounts.of(logits, target)
+    assert (s.tp, s.fp, s.fn, s.tn, s.images) == (1, 1, 1, 1, 1)
     out = s.summary()
     assert out["mask_iou"] == pytest.approx(1 / 3)
     assert out["mask_f1"] == pytest.approx(0.5)
     assert out["mask_f2"] == pytest.approx(5 / (5 + 4 + 1))
     assert out["mask_accuracy"] == pytest.approx(0.5)
     assert out["mask_recall"] == pytest.approx(0.5)
+
+
+def test_mask_metrics_ours_pool_query_pixels_the_papers_average_pairs_over_both_clips():
+    def clip(tp: int, fp: int, fn: int, tn: int) -> tuple[np.ndarray, np.ndarray]:
+        """One 1 x 1 x N frame with the given pixel outcomes (logit +1/-1 against 0/1 targets)."""
+        logits = np.array([1.0] * tp + [1.0] * fp + [-1.0] * fn + [-1.0] * tn)[None, None]
+        target = np.array([1] * tp + [0] * fp + [1] * fn + [0] * tn)[None, None]
+        return logits, target
+
+    query_a, query_b, exemplar = MaskCounts.of(*clip(8, 2, 0, 10)), MaskCounts.of(*clip(1, 0, 9, 10)), \
+        MaskCounts.of(*clip(5, 5, 0, 10))
+    # Ours: every test query's pixels once, pooled: IoU = 9 / (9 + 2 + 9).
+    assert (query_a + query_b).summary()["mask_iou"] == pytest.approx(9 / 20)
+    # The paper's: per (query, exemplar) pair over both clips, then the mean over pairs.
+    paper = pairwise_mask_metrics([query_a + exemplar, query_b + exemplar])
+    assert paper["paper_mask_iou"] == pytest.approx(((8 + 5) / 20 + (1 + 5) / 20) / 2)
+    assert paper["paper_mask_recall"] == pytest.approx(((1.0 + 1.0) / 2 + (0.1 + 1.0) / 2) / 2)
+    assert set(paper) == {f"paper_{k}" for k in query_a.summary()}
+    assert np.isnan(pairwise_mask_metrics([])["paper_mask_iou"])

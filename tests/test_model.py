@@ -64,7 +64,7 @@ def test_encode_outputs(tiny_model):
 
 def test_training_forward_both_directions_and_gradients():
     torch.manual_seed(0)
-    model = FineParser(FineParserConfig.preset("tiny")).train()
+    model = FineParser(FineParserConfig.from_preset("tiny")).train()
     gt_1, gt_2 = torch.tensor([[20, 70]]), torch.tensor([[30, 80]])
     out = model(clips(1, 5), clips(1, 6), gt_1, gt_2)
     assert out.delta_12.shape == (1,) and out.delta_21.shape == (1,)
@@ -79,7 +79,7 @@ def test_fresh_trunk_features_keep_unit_scale_with_fresh_batchnorm():
     # A model trained from scratch with frozen I3D BN (or evaluated before any statistics exist) sees the
     # trunk with identity BN; its features must stay far above the BN epsilon of the layers after it.
     torch.manual_seed(0)
-    model = FineParser(FineParserConfig.preset("tiny")).eval()
+    model = FineParser(FineParserConfig.from_preset("tiny")).eval()
     with torch.no_grad():
         gated, _ = model.window_features(clips(1, 7))
     assert float(gated.std()) > 1e-2, f"window features collapsed to std {float(gated.std()):.2e}"
@@ -100,7 +100,7 @@ def test_bad_clip_is_a_clear_value_error(tiny_model, bad, needle):
 def test_full_preset_has_the_official_parameter_count():
     # Official total 51,759,702 minus the unused SVE fc (513,000) and regressor_delta3 (33,153).
     with torch.device("meta"):
-        model = FineParser(FineParserConfig.preset("full"))
+        model = FineParser(FineParserConfig.from_preset("full"))
     counts = parameter_counts(model)
     assert sum(counts.values()) == 51_213_549
     assert counts["base_model"] == 12_287_264 and counts["segmenter"] == 14_763_237
@@ -110,15 +110,15 @@ def test_full_preset_has_the_official_parameter_count():
 
 def test_config_yaml_round_trip_and_unknown_keys():
     for name in FineParserConfig.preset_names():
-        cfg = FineParserConfig.preset(name)
+        cfg = FineParserConfig.from_preset(name)
         assert FineParserConfig.from_yaml(cfg.to_yaml()) == cfg
     with pytest.raises(ConfigError) as info:
         FineParserConfig.from_dict({"preset": "tiny", "token_dims": 8})
     assert "token_dims" in str(info.value) and "token_dim" in str(info.value)
     with pytest.raises(ConfigError, match="8 x token_dim"):
-        FineParserConfig.preset("tiny", token_dim=32)
+        FineParserConfig.from_preset("tiny", token_dim=32)
     with pytest.raises(ConfigError, match="known presets"):
-        FineParserConfig.preset("huge")
+        FineParserConfig.from_preset("huge")
 
 
 def test_summary_reports_the_decomposition_gain():
@@ -129,3 +129,44 @@ def test_summary_reports_the_decomposition_gain():
     assert s["ratio"] > 10
     assert s["pair_head_total"] < 0.1 * s["encode_total"]
     assert "ratio paper / ours" in format_summary(s)
+
+
+def test_pair_static_batch_separate_and_joint_differ_only_by_batchnorm_batch_statistics():
+    from conftest import randomise_batchnorm
+
+    torch.manual_seed(0)
+    joint = FineParser(FineParserConfig.from_preset("tiny", pair_static_batch="joint"))
+    randomise_batchnorm(joint)
+    separate = FineParser(FineParserConfig.from_preset("tiny"))
+    assert separate.config.pair_static_batch == "separate"  # the default is the paper's
+    separate.load_state_dict(joint.state_dict())
+    clip_1, clip_2 = clips(2, 8), clips(2, 9)
+    gt_1, gt_2 = torch.tensor([[20, 70], [31, 58]]), torch.tensor([[26, 76], [40, 83]])
+
+    def deltas(model: FineParser, a: torch.Tensor, b: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+        out = model(a, b, ta, tb, with_masks=False)
+        return torch.cat([out.delta_12, out.delta_21])
+
+    def frozen_bn(model: FineParser) -> FineParser:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return model
+
+    with torch.no_grad():
+        # Eval mode, and train mode with every BN frozen: the switch changes nothing.
+        torch.testing.assert_close(deltas(joint.eval(), clip_1, clip_2, gt_1, gt_2),
+                                   deltas(separate.eval(), clip_1, clip_2, gt_1, gt_2), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(deltas(frozen_bn(joint.train()), clip_1, clip_2, gt_1, gt_2),
+                                   deltas(frozen_bn(separate.train()), clip_1, clip_2, gt_1, gt_2),
+                                   rtol=1e-5, atol=1e-5)
+        # Train mode: BN normalises by batch statistics, one set for the pair or one per side ...
+        joint.train(), separate.train()
+        a = deltas(joint, clip_1, clip_2, gt_1, gt_2)
+        b = deltas(separate, clip_1, clip_2, gt_1, gt_2)
+        assert (a - b).abs().max() > 1e-3
+        # ... and nothing else differs: when both sides are the same clips, the pair's statistics are each side's.
+        torch.testing.assert_close(deltas(joint, clip_1, clip_1, gt_1, gt_1),
+                                   deltas(separate, clip_1, clip_1, gt_1, gt_1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="pair_static_batch must be one of separate, joint"):
+        FineParserConfig.from_preset("tiny", pair_static_batch="mixed")

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="training config YAML (configs/*.yaml)")
-    p.add_argument("--data-root", help="dataset root (FineDiving layout or fineparser-synth output)")
+    p.add_argument("--data-root", help="dataset root (FineDiving layout or fineparser-synth output; task spotter: "
+                                        "annotated broadcasts, docs/spotter.md)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--gpus", type=int, help="spawn N GPU workers (NCCL)")

@@ -10,6 +10,13 @@ from typing import Any
 import yaml
 
 from fineparser.config import ConfigError, FineParserConfig
+from fineparser.spotter import SpotterConfig, SpotterConfigError
+from fineparser.spotter_spec import CLASS_NAMES
+
+TASKS = ("fineparser", "spotter")
+"""What `python -m train` can train (`task:`): the scorer, or the broadcast spotter (docs/spotter.md)."""
+PAPER_SCHEDULE = "paper"
+"""`eval_every: paper`: after every 4th epoch up to epoch 50, then after every 2nd (the paper's runner)."""
 
 
 @dataclass
@@ -40,17 +47,54 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the three losses (the paper sums them)."""
+    """Weights of FineParser's three losses (the paper sums them); the spotter's class weights."""
 
     score: float = 1.0
     transition: float = 1.0
     mask: float = 1.0
+    class_weights: str | list[float] | None = None
+    """Spotter cross-entropy weight per class (idle, approach, flight, entry, replay), or "balanced"."""
+
+
+@dataclass
+class SpotterDataConfig:
+    """How annotated broadcasts become the spotter's training windows (train/spotter_data.py)."""
+
+    window: int = 64  # consecutive frames per training window
+    windows_per_epoch: int = 512  # windows drawn per epoch
+    live_fraction: float = 0.5  # share of windows placed around a live frame (the rest anywhere)
+    test_videos: list[str] = field(default_factory=list)  # held-out broadcasts (path below the folder, no suffix)
+    test_fraction: float = 0.2  # without test_videos: this share of the videos, drawn with `seed`
+    augment: bool = True  # per window: one brightness/contrast change and one small crop
+    brightness: float = 0.15  # offset up to +-brightness x 255
+    contrast: float = 0.2  # gain in 1 +- contrast around the window's mean
+    crop: float = 0.1  # up to this share of the height and width cut off, resized back
+    cache_dir: str | None = None  # decoded-frame caches (default: .spotter_cache beside each video)
+    eval_chunk: int = 256  # frames per forward when a test video is run causally
+
+    def problems(self, lookahead: int) -> list[str]:
+        """What is inconsistent (empty when fine)."""
+        out = []
+        if self.window <= lookahead:
+            out.append(f"spotter_data.window {self.window} must exceed spotter.lookahead {lookahead}")
+        if self.windows_per_epoch < 1 or self.eval_chunk < 1:
+            out.append("spotter_data.windows_per_epoch and spotter_data.eval_chunk must be >= 1")
+        if not 0.0 <= self.live_fraction <= 1.0:
+            out.append(f"spotter_data.live_fraction {self.live_fraction} is outside [0, 1]")
+        if not self.test_videos and not 0.0 < self.test_fraction < 1.0:
+            out.append(f"spotter_data.test_fraction {self.test_fraction} is outside (0, 1) and no test_videos "
+                       "are named: the spotter needs test broadcasts to evaluate on")
+        if not (0 <= self.brightness <= 1 and 0 <= self.contrast < 1 and 0 <= self.crop < 0.5):
+            out.append("spotter_data: brightness must be in [0, 1], contrast in [0, 1), crop in [0, 0.5)")
+        return out
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; written resolved into the run directory."""
 
+    task: str = "fineparser"
+    """What is trained: `fineparser` (the scorer, `model:`) or `spotter` (`spotter:`, `spotter_data:`)."""
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "full"})
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -59,35 +103,66 @@ class TrainConfig:
     max_steps: int = 0
     batch_size: int = 2
     accumulation: int = 2
-    voter_number: int = 10
-    eval_every: int = 1
+    eval_every: int | str = 1
+    """Evaluate after every N-th epoch, or `paper`: every 4th up to epoch 50, then every 2nd."""
     eval_max_queries: int = 0
     eval_at_end: bool = True
     seed: int = 10086
     amp: str = "off"
     sync_bn: bool = False
+    """Every BatchNorm becomes SyncBatchNorm when the job has several CUDA workers (the paper's multi-GPU
+    setting); one worker is left as it is, several CPU workers are refused (SyncBatchNorm is CUDA only)."""
     freeze_i3d_bn: bool = True
     log_every: int = 10
     i3d_weights: str | None = None
+    """kinetics_i3d_pytorch `model_rgb.pth`, loaded into both I3D trunks before training."""
     resnet_weights: str | None = None
+    """ImageNet ResNet-34 (torchvision/timm layout), loaded into the static encoder before training."""
+    from_scratch: bool = False
+    """A new run without i3d_weights and resnet_weights is refused unless this says so on purpose (the
+    paper always starts from Kinetics I3D and ImageNet ResNet-34); weights that are given still load."""
+    spotter: dict[str, Any] = field(default_factory=dict)
+    """task spotter: SpotterConfig fields (fineparser.spotter); travels with the checkpoint."""
+    spotter_data: SpotterDataConfig = field(default_factory=SpotterDataConfig)
 
     def model_config(self) -> FineParserConfig:
         """The network's config (preset plus overrides)."""
         return FineParserConfig.from_dict(dict(self.model))
+
+    def spotter_config(self) -> SpotterConfig:
+        """The spotter's config (defaults plus `spotter:`); ConfigError on an unknown key or bad value."""
+        try:
+            return SpotterConfig.from_dict(dict(self.spotter))
+        except (SpotterConfigError, TypeError) as exc:
+            raise ConfigError(str(exc)) from None
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming every inconsistent value."""
         problems = []
         if self.amp not in ("off", "bf16", "fp16"):
             problems.append(f"amp must be off, bf16 or fp16, got {self.amp!r}")
-        for name in ("batch_size", "accumulation", "voter_number", "eval_every", "epochs"):
+        for name in ("batch_size", "accumulation", "epochs"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        every_n = isinstance(self.eval_every, int) and not isinstance(self.eval_every, bool) and self.eval_every >= 1
+        if self.eval_every != PAPER_SCHEDULE and not every_n:
+            problems.append(f"eval_every must be an integer >= 1 or 'paper', got {self.eval_every!r}")
         if self.max_steps < 0:
             problems.append("max_steps must be >= 0 (0: no limit)")
+        if self.task not in TASKS:
+            problems.append(f"task must be {' or '.join(TASKS)}, got {self.task!r}")
+        elif self.task == "spotter":
+            problems += self.spotter_data.problems(self.spotter_config().lookahead)
+            weights = self.loss.class_weights
+            if weights is not None and weights != "balanced" and not (
+                    isinstance(weights, list) and len(weights) == len(CLASS_NAMES) and all(
+                        isinstance(w, (int, float)) and w >= 0 for w in weights)):
+                problems.append(f"loss.class_weights must be null, 'balanced' or one weight >= 0 per class "
+                                f"({', '.join(CLASS_NAMES)}), got {weights!r}")
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
-        self.model_config()
+        if self.task == "fineparser":
+            self.model_config()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,8 +174,20 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# Keys that left the training config, and where they live now.
+MOVED_KEYS = {
+    "voter_number": "model.voter_number: it is part of the model config, which travels with the checkpoint into "
+                    "the exported package, so the trainer evaluates with the value the package scores with "
+                    "(write `voter_number: N` under `model:` or override model.voter_number=N)",
+}
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
+    moved = sorted(k for k in values if where + k in MOVED_KEYS)
+    if moved:
+        raise ConfigError("; ".join(f"{where + k} is no longer a training setting, it moved to "
+                                    f"{MOVED_KEYS[where + k]}" for k in moved))
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known keys"

@@ -1,8 +1,8 @@
 """The training loop: one process per worker (DDP when there are several), top to bottom.
 
-config -> data -> model -> optimizer/schedule -> (resume) -> loop with accumulation -> eval ->
-checkpoints.  Distributed settings come from the environment torchrun sets (RANK, LOCAL_RANK,
-WORLD_SIZE); a single process without them trains without DDP.
+config -> data -> model -> optimizer/schedule -> (resume) -> loop with accumulation -> last.pt ->
+eval -> best.pt/last.pt.  Distributed settings come from the environment torchrun sets (RANK,
+LOCAL_RANK, WORLD_SIZE); a single process without them trains without DDP.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,10 @@ from fineparser.checkpoint import (
 )
 from fineparser.data import DataPaths, FineDivingIndex, PairDataset, TestDataset
 from fineparser.model import FineParser, PairForward, split_windows
+from fineparser.spec import NUM_FRAMES, target_transitions
 from train.config import TrainConfig
-from train.evaluate import evaluate
+from train.evaluate import eval_due, evaluate, format_best_table, update_best
+from train.tasks import Autocast, SpotterTask, Task
 
 log = logging.getLogger("train")
 
@@ -119,17 +122,43 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def any_rank(flag: bool, worker: Worker) -> bool:
-    """True on every rank when any rank says True (keeps ranks stepping together)."""
-    if worker.world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=worker.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+def any_rank(flags: torch.Tensor, worker: Worker) -> list[bool]:
+    """Per flag, True on every rank when any rank says True (keeps ranks stepping together).
+
+    One host sync (and one all_reduce) for all flags: the loop calls it once per optimizer step.
+    """
+    flags = flags.float()
+    if worker.world > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return [v > 0 for v in flags.tolist()]
 
 
-def build_index(cfg: TrainConfig) -> FineDivingIndex:
-    """The dataset index from the config's data section, with clear errors for missing paths."""
+def record_config(cfg: TrainConfig, run_dir: Path, invocation: str) -> Path:
+    """Write the config this invocation runs with; a run's own config.yaml is never overwritten.
+
+    A new run writes config.yaml; `--resume` and `--eval-only` write config.resume-<n>.yaml and
+    config.eval-<n>.yaml (n = 1, 2, ... in invocation order) next to it.
+    """
+    if invocation == "train":
+        path = run_dir / "config.yaml"
+        header = ""
+    else:
+        n = 1
+        while (run_dir / f"config.{invocation}-{n}.yaml").exists():
+            n += 1
+        path = run_dir / f"config.{invocation}-{n}.yaml"
+        flag = {"resume": "--resume", "eval": "--eval-only"}[invocation]
+        header = (f"# python -m train {flag} at {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}; "
+                  "the run's own config is config.yaml\n")
+    path.write_text(header + cfg.to_yaml())
+    return path
+
+
+def build_index(cfg: TrainConfig, voter_number: int) -> FineDivingIndex:
+    """The dataset index from the config's data section, with clear errors for missing paths.
+
+    `voter_number` is the model config's: evaluation scores the way the exported package will.
+    """
     d = cfg.data
     if d.root is None and d.frames_root is None:
         raise TrainingError("no data: pass --data-root DIR (FineDiving layout, or a fineparser-synth output) "
@@ -141,8 +170,76 @@ def build_index(cfg: TrainConfig) -> FineDivingIndex:
                           annotation=Path(d.annotation), train_split=Path(d.train_split),
                           test_split=Path(d.test_split))
     else:
-        paths = DataPaths.discover(d.root)
-    return FineDivingIndex(paths, voter_number=cfg.voter_number, skip_bad=d.skip_bad)
+        paths = DataPaths.discover(d.root, mask_root=d.mask_root)
+    return FineDivingIndex(paths, voter_number=voter_number, skip_bad=d.skip_bad)
+
+
+PRETRAINED_WEIGHTS = {
+    "i3d_weights": "Kinetics I3D model_rgb.pth for both I3D trunks, from github.com/hassony2/kinetics_i3d_pytorch",
+    "resnet_weights": "ImageNet ResNet-34 for the static encoder: torchvision's resnet34-b627a593.pth from "
+                      "download.pytorch.org/models/",
+}
+"""The files the paper's training starts from, and where they come from."""
+
+
+def check_pretrained_weights(cfg: TrainConfig) -> None:
+    """Refuse a new run without the paper's starting weights, unless `from_scratch` says so on purpose."""
+    missing = [name for name in PRETRAINED_WEIGHTS if not getattr(cfg, name)]
+    if not missing:
+        return
+    if not cfg.from_scratch:
+        raise TrainingError("the paper starts from pretrained weights: set "
+                            + " and ".join(f"{name}=PATH ({PRETRAINED_WEIGHTS[name]})" for name in missing)
+                            + ", or from_scratch=true to train from random initialisation on purpose")
+    log.info("from_scratch: no %s, those parts start from random initialisation (the paper's never do)",
+             " and no ".join(missing))
+
+
+def resolve_use_masks(cfg: TrainConfig, paths: DataPaths, training: bool) -> bool:
+    """Whether the run uses FineDiving-HM masks; training that asks for them refuses to start without them."""
+    if not cfg.data.use_masks or paths.has_masks:
+        return cfg.data.use_masks
+    where = paths.masks_note or "no mask folder is configured (data.mask_root)"
+    if training:
+        raise TrainingError(f"data.use_masks is true but {where}; set data.mask_root=DIR, or data.use_masks=false "
+                            "to train without the mask loss")
+    log.warning("evaluating without mask metrics: %s", where)
+    return False
+
+
+def convert_sync_batchnorm(model: FineParser, cfg: TrainConfig, worker: Worker) -> FineParser:
+    """Every BatchNorm as SyncBatchNorm when `sync_bn` and several CUDA workers (the paper's multi-GPU runs)."""
+    if not cfg.sync_bn:
+        return model
+    if worker.world == 1:
+        log.info("sync_bn: one worker, BatchNorm left as it is (nothing to synchronise)")
+        return model
+    if worker.device.type != "cuda":
+        raise TrainingError("sync_bn needs CUDA workers (SyncBatchNorm over NCCL); set sync_bn=false for CPU "
+                            "workers")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def training_transitions(batch: dict) -> int:
+    """Move a pair batch's reader transitions to the paper's training convention, in place; returns how many clamped.
+
+    `fineparser.spec.target_transitions` states the convention (the first frame of the second and last steps).
+    Called on the loader's CPU batch, before the copy to the device, so counting costs no device sync.
+    """
+    clamped = 0
+    for side in ("query", "exemplar"):
+        target = target_transitions(batch[side]["transitions"].long())
+        # A reader transition on the clip's last frame would become frame 96, one past the transition maps and
+        # the static encoder's frames: clamp it to 95 (never let it index out of range or wrap) and say so.
+        inside = target.clamp(0, NUM_FRAMES - 1)
+        moved = (inside != target).any(1)
+        if bool(moved.any()):
+            keys = [k for k, m in zip(batch[side]["key"], moved.tolist()) if m]
+            log.warning("transition target(s) of %s outside frames 0..%d: clamped", ", ".join(map(str, keys)),
+                        NUM_FRAMES - 1)
+            clamped += int(moved.sum())
+        batch[side]["transitions"] = inside
+    return clamped
 
 
 def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: bool) -> dict[str, torch.Tensor]:
@@ -150,7 +247,8 @@ def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: b
     q, e = batch["query"], batch["exemplar"]
     sq, se = q["score"].float(), e["score"].float()
     score = F.mse_loss(out.delta_12.float(), sq - se) + F.mse_loss(out.delta_21.float(), se - sq)
-    transitions = torch.cat([q["transitions"], e["transitions"]]).long().clamp(0, out.transition_probs.shape[1] - 1)
+    # Targets are in the paper's convention and inside the clip already (training_transitions).
+    transitions = torch.cat([q["transitions"], e["transitions"]]).long()
     target = torch.zeros_like(out.transition_probs, dtype=torch.float32)
     rows = torch.arange(target.shape[0], device=target.device)
     target[rows, transitions[:, 0], 0] = 1.0
@@ -169,11 +267,127 @@ def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: b
     return losses
 
 
+@dataclass
+class MicroStep:
+    """What the loop keeps of one micro-step until its optimizer step (losses detached, on the device)."""
+
+    batch_in_epoch: int
+    keys: str  # the batch's samples (Task.batch_keys)
+    losses: dict[str, torch.Tensor]
+
+
+def non_finite_error(group: list[MicroStep], step: int, epoch: int, worker: Worker, last: Path) -> TrainingError:
+    """The error naming the first micro-step of `group` whose loss is not finite (or the rank that had it)."""
+    bad = next((m for m in group if not bool(torch.isfinite(m.losses["total"]))), None)
+    if bad is None:
+        return TrainingError(f"non-finite loss at step {step} (epoch {epoch}) on a rank other than {worker.rank} "
+                             f"(its message names the samples); last good checkpoint: {last}")
+    values = {k: round(float(v), 4) for k, v in bad.losses.items()}
+    return TrainingError(f"non-finite loss at step {step} (epoch {epoch}, batch {bad.batch_in_epoch}) on rank "
+                         f"{worker.rank}: {bad.keys} (losses {values}); last good checkpoint: {last}")
+
+
+def mean_losses(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    """Each loss's mean over the `count` micro-steps summed into `sums` (one host sync)."""
+    values = torch.stack(list(sums.values())).tolist()
+    return {k: v / count for k, v in zip(sums, values)}
+
+
 def freeze_i3d_batchnorm(model: FineParser) -> None:
     """Keep the I3D backbone's BN statistics fixed (the paper's fix_bn)."""
     for module in model.base_model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+class FineParserTask(Task):
+    """The scorer: pairs of FineDiving-layout dives, the paper's objective, the paper's evaluation."""
+
+    name = "fineparser"
+    metric = "rho"
+    counters = ("transition_targets_clamped",)
+
+    def __init__(self, cfg: TrainConfig, worker: Worker, eval_only: Path | None = None, resume: bool = False) -> None:
+        if eval_only is None and not resume:
+            check_pretrained_weights(cfg)
+        self.cfg, self.worker = cfg, worker
+        # A checkpoint is evaluated with its own model config's voter_number (what its package scores with).
+        self.config = cfg.model_config()
+        if eval_only is not None:
+            self.eval_model, _ = load_model(eval_only)
+            if self.eval_model.config.voter_number != self.config.voter_number and worker.main:
+                log.warning("%s was trained with model.voter_number=%d (the config says %d): evaluating with %d, "
+                            "the value its exported package scores with", eval_only,
+                            self.eval_model.config.voter_number, self.config.voter_number,
+                            self.eval_model.config.voter_number)
+            self.config = self.eval_model.config
+        self.index = build_index(cfg, self.config.voter_number)
+        self.use_masks = resolve_use_masks(cfg, self.index.paths, training=eval_only is None)
+        self.test_set = TestDataset(self.index, seed=cfg.seed, with_masks=False)
+        self.find_unused_parameters = not self.use_masks
+
+    def build_model(self) -> FineParser:
+        model = FineParser(self.config)
+        if self.cfg.i3d_weights:
+            load_kinetics_i3d(model, self.cfg.i3d_weights)
+        if self.cfg.resnet_weights:
+            load_imagenet_resnet(model, self.cfg.resnet_weights)
+        return model
+
+    def train_set(self) -> PairDataset:
+        return PairDataset(self.index, seed=self.cfg.seed, with_masks=self.use_masks)
+
+    def param_groups(self, model: FineParser) -> list[dict[str, Any]]:
+        backbone = list(model.base_model.parameters())
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in model.parameters() if id(p) not in backbone_ids]
+        o = self.cfg.optim
+        return [{"params": backbone, "lr": o.lr * o.lr_factor}, {"params": rest, "lr": o.lr}]
+
+    def train_mode(self, model: FineParser) -> None:
+        model.train()
+        if self.cfg.freeze_i3d_bn:
+            freeze_i3d_batchnorm(model)
+
+    def prepare(self, batch: dict) -> dict[str, int]:
+        return {"transition_targets_clamped": training_transitions(batch)}
+
+    def losses(self, ddp: torch.nn.Module, batch: dict, autocast: Autocast) -> dict[str, torch.Tensor]:
+        with autocast():
+            out = ddp(batch["query"]["video"], batch["exemplar"]["video"], batch["query"]["transitions"],
+                      batch["exemplar"]["transitions"], with_masks=self.use_masks)
+        return compute_losses(out, batch, self.cfg, self.use_masks)
+
+    def batch_keys(self, batch: dict) -> str:
+        return f"query {', '.join(batch['query']['key'])}, exemplar {', '.join(batch['exemplar']['key'])}"
+
+    def evaluate(self, model: FineParser, amp_dtype: torch.dtype | None, progress: bool) -> dict[str, Any]:
+        # The metrics say how many voters they were measured with (best.pt carries them to the package).
+        w = self.worker
+        return {**evaluate(model, self.test_set, w.device, rank=w.rank, world=w.world,
+                           max_queries=self.cfg.eval_max_queries, with_masks=self.use_masks, amp_dtype=amp_dtype,
+                           progress=progress), "voter_number": self.test_set.voter_number}
+
+    def eval_line(self, m: dict[str, Any]) -> str:
+        return (f"({m['voter_number']} voters) rho {m['rho']:.4f}  L2 {m['l2']:.3f}  RL2x100 {m['rl2_x100']:.3f}  "
+                f"AIoU@0.5 {m['aiou_50']:.3f}  AIoU@0.75 {m['aiou_75']:.3f}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": f"FineParser {self.cfg.model.get('preset')}", "test_dives": len(self.test_set),
+                "masks": self.use_masks}
+
+    def save(self, path: Path, model: torch.nn.Module, trainer: dict[str, Any] | None = None, **extra: Any) -> Path:
+        return save_checkpoint(path, model, trainer=trainer, **extra)
+
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        return load_checkpoint(path)
+
+
+def make_task(cfg: TrainConfig, worker: Worker, eval_only: Path | None = None, resume: bool = False) -> Task:
+    """The Task that `cfg.task` names, its test data loaded (and the `--eval-only` checkpoint, if any)."""
+    if cfg.task == "spotter":
+        return SpotterTask(cfg, worker, eval_only)
+    return FineParserTask(cfg, worker, eval_only, resume)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -233,53 +447,42 @@ def train(cfg: TrainConfig, run_dir: Path, *, device_kind: str = "auto", resume:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eval_only: Path | None) -> dict:
+    # ---- task: what is trained, its test data (and the --eval-only checkpoint) -------------------
+    task = make_task(cfg, worker, eval_only, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = None
     if worker.main:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        config_file = record_config(cfg, run_dir, "eval" if eval_only else "resume" if resume else "train")
     torch.manual_seed(cfg.seed)
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
     if amp_dtype is not None and worker.device.type != "cuda":
         log.warning("amp=%s asked for on %s: AMP is for GPUs, training in fp32", cfg.amp, worker.device)
         amp_dtype = None
 
-    # ---- data ------------------------------------------------------------------------------
-    index = build_index(cfg)
-    use_masks = cfg.data.use_masks and index.paths.has_masks
-    if cfg.data.use_masks and not use_masks and worker.main:
-        log.warning("no FineDiving-HM mask folder: training without the mask loss")
-    test_set = TestDataset(index, seed=cfg.seed, with_masks=False)
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(worker.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
     # ---- model -----------------------------------------------------------------------------
     if eval_only is not None:
-        model, _ = load_model(eval_only)
-        model = model.to(worker.device)
-        metrics = evaluate(model, test_set, worker.device, rank=worker.rank, world=worker.world,
-                           max_queries=cfg.eval_max_queries, with_masks=use_masks, amp_dtype=amp_dtype,
-                           progress=worker.main)
+        model = task.eval_model.to(worker.device)
+        metrics = task.evaluate(model, amp_dtype, progress=worker.main)
         if worker.main:
             runlog = RunLog(run_dir, True)
-            runlog.write({"event": "eval", "checkpoint": str(eval_only), **metrics}, 0)
+            runlog.write({"event": "eval", "checkpoint": str(eval_only), "config": config_file.name, **metrics}, 0)
             runlog.close()
             print(format_table("evaluation of " + str(eval_only), metrics))
         return metrics
 
-    model = FineParser(cfg.model_config())
-    if cfg.i3d_weights:
-        load_kinetics_i3d(model, cfg.i3d_weights)
-    if cfg.resnet_weights:
-        load_imagenet_resnet(model, cfg.resnet_weights)
-    if cfg.sync_bn:
-        if worker.device.type != "cuda":
-            raise TrainingError("sync_bn needs CUDA workers (NCCL); set sync_bn=false for CPU training")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = convert_sync_batchnorm(task.build_model(), cfg, worker)
     model.to(worker.device)
 
-    train_set = PairDataset(index, seed=cfg.seed, with_masks=use_masks)
+    # ---- data ------------------------------------------------------------------------------
+    train_set = task.train_set()
     sampler = DistributedSampler(train_set, num_replicas=worker.world, rank=worker.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     batches_per_epoch = len(sampler) // cfg.batch_size
     if batches_per_epoch == 0:
-        raise TrainingError(f"{len(train_set)} training pairs cannot fill one batch of {cfg.batch_size} on each "
+        raise TrainingError(f"{len(train_set)} training samples cannot fill one batch of {cfg.batch_size} on each "
                             f"of {worker.world} workers: lower batch_size or add data")
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.accumulation)
     # The schedule is defined by the epochs; max_steps only stops early (so a resumed run with another
@@ -288,12 +491,8 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
     total_steps = schedule_steps if cfg.max_steps <= 0 else min(cfg.max_steps, schedule_steps)
 
     # ---- optimizer and schedule ------------------------------------------------------------
-    backbone = list(model.base_model.parameters())
-    backbone_ids = {id(p) for p in backbone}
-    rest = [p for p in model.parameters() if id(p) not in backbone_ids]
     o = cfg.optim
-    optimizer = torch.optim.Adam([{"params": backbone, "lr": o.lr * o.lr_factor}, {"params": rest, "lr": o.lr}],
-                                 lr=o.lr, weight_decay=o.weight_decay)
+    optimizer = torch.optim.Adam(task.param_groups(model), lr=o.lr, weight_decay=o.weight_decay)
     from timm.scheduler.cosine_lr import CosineLRScheduler
 
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, schedule_steps), lr_min=o.lr * o.lr_factor,
@@ -302,12 +501,17 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     # ---- resume ----------------------------------------------------------------------------
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_rho": -math.inf, "best_step": None}
+    # eval_pending: state["epoch"] ended and was saved, and its evaluation has not finished yet.
+    # best: the best value of the task's metric (rho, macro_f1), best_metrics: all metrics of that evaluation;
+    # best_each: every metric's own best {value, epoch, step}; then the task's own counters.
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": -math.inf, "best_step": None,
+             "best_epoch": None, "best_metrics": {}, "best_each": {}, "eval_pending": False,
+             **dict.fromkeys(task.counters, 0)}
     if resume:
         last = run_dir / "last.pt"
         if not last.is_file():
             raise TrainingError(f"--resume: {last} does not exist (nothing to resume in {run_dir})")
-        data = load_checkpoint(last)
+        data = task.read_checkpoint(last)
         model.load_state_dict(data["model"])
         trainer = data["trainer"]
         optimizer.load_state_dict(trainer["optimizer"])
@@ -316,7 +520,9 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
         torch.set_rng_state(trainer["rng_cpu"])
         if worker.device.type == "cuda" and trainer.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(trainer["rng_cuda"], worker.device)
-        state.update({k: trainer[k] for k in state})
+        state.update({k: trainer[k] for k in state if k in trainer})  # older checkpoints lack the newer keys
+        state["best"] = trainer.get("best", trainer.get("best_rho", -math.inf))  # best_rho before the tasks
+        state["eval_pending"] = bool(state["eval_pending"])
         if worker.main:
             log.info("resumed %s at step %d (epoch %d, batch %d of the epoch)", last, state["step"],
                      state["epoch"], state["batch_in_epoch"])
@@ -324,16 +530,17 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
     ddp = model
     if worker.world > 1:
         ddp = DistributedDataParallel(model, device_ids=[worker.local_rank] if worker.device.type == "cuda" else None,
-                                      find_unused_parameters=not use_masks)
+                                      find_unused_parameters=task.find_unused_parameters)
     runlog = RunLog(run_dir, worker.main)
     if worker.main:
         n_params = sum(p.numel() for p in model.parameters())
-        log.info("training %s (%s params) on %d %s worker(s): %d pairs, %d test dives, %d steps/epoch, %d steps",
-                 cfg.model.get("preset"), f"{n_params:,}", worker.world, worker.device.type, len(train_set),
-                 len(test_set), steps_per_epoch, total_steps)
-        runlog.write({"event": "start", "world": worker.world, "device": worker.device.type,
-                      "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "masks": use_masks},
-                     state["step"])
+        about = task.describe()
+        log.info("training %s (%s params) on %d %s worker(s): %d training samples per epoch, %s; %d steps/epoch, "
+                 "%d steps", about["model"], f"{n_params:,}", worker.world, worker.device.type, len(train_set),
+                 ", ".join(f"{k} {v}" for k, v in about.items() if k != "model"), steps_per_epoch, total_steps)
+        runlog.write({"event": "start", "task": task.name, "world": worker.world, "device": worker.device.type,
+                      "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, **about,
+                      "config": config_file.name}, state["step"])
 
     def save(path_name: str, extra: dict | None = None) -> None:
         if not worker.main:
@@ -342,20 +549,19 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
                    "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
                    "rng_cuda": torch.cuda.get_rng_state(worker.device) if worker.device.type == "cuda" else None,
                    "train_config": cfg.to_dict(), **state}
-        save_checkpoint(run_dir / path_name, model, trainer=trainer, **(extra or {}))
+        task.save(run_dir / path_name, model, trainer, **(extra or {}))
 
     def run_eval() -> dict[str, float]:
-        metrics = evaluate(model, test_set, worker.device, rank=worker.rank, world=worker.world,
-                           max_queries=cfg.eval_max_queries, with_masks=use_masks, amp_dtype=amp_dtype,
-                           progress=worker.main)
+        metrics = task.evaluate(model, amp_dtype, progress=worker.main)
+        state["eval_pending"] = False
         runlog.write({"event": "eval", "epoch": state["epoch"], **metrics}, state["step"])
         if worker.main:
-            log.info("eval at step %d: rho %.4f  L2 %.3f  RL2x100 %.3f  AIoU@0.5 %.3f  AIoU@0.75 %.3f",
-                     state["step"], metrics["rho"], metrics["l2"], metrics["rl2_x100"], metrics["aiou_50"],
-                     metrics["aiou_75"])
-        rho = metrics["rho"] if math.isfinite(metrics["rho"]) else -math.inf
-        if rho > state["best_rho"]:
-            state["best_rho"], state["best_step"] = rho, state["step"]
+            log.info("eval at step %d: %s", state["step"], task.eval_line(metrics))
+        state["best_each"] = update_best(state["best_each"], metrics, state["epoch"], state["step"])
+        value = metrics[task.metric] if math.isfinite(metrics[task.metric]) else -math.inf
+        if value > state["best"]:
+            state["best"], state["best_step"], state["best_epoch"] = value, state["step"], state["epoch"]
+            state["best_metrics"] = metrics
             save("best.pt", {"metrics": metrics})
         return metrics
 
@@ -364,68 +570,78 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
     samples = 0
     last_metrics: dict[str, float] = {}
     last_losses: dict[str, float] = {}
+    # Losses stay on the device, summed per micro-step; they are read once per train record.
+    loss_sums: dict[str, torch.Tensor] = {}
+    loss_count = 0
     stopped_by: int | None = None
-    micro_since_step = 0
     with StopRequest() as stop:
+        if state["eval_pending"]:
+            if worker.main:
+                log.warning("epoch %d was saved but its evaluation did not finish: evaluating it now", state["epoch"])
+            last_metrics = run_eval()
+            save("last.pt", {"metrics": last_metrics})
         while state["epoch"] < cfg.epochs and state["step"] < total_steps and stopped_by is None:
             epoch = state["epoch"]
             train_set.set_epoch(epoch)
             sampler.set_epoch(epoch)
+            # The loader's own generator: starting its iterator draws a seed, which from the global RNG would shift
+            # the dropout draws of a resumed epoch (the spotter's) away from those of an uninterrupted one.
             loader = DataLoader(train_set, batch_size=cfg.batch_size, drop_last=True,
                                 sampler=ResumableSampler(sampler, state["batch_in_epoch"] * cfg.batch_size),
                                 num_workers=cfg.data.num_workers, pin_memory=worker.device.type == "cuda",
-                                persistent_workers=False)
-            model.train()
-            if cfg.freeze_i3d_bn:
-                freeze_i3d_batchnorm(model)
+                                persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            task.train_mode(model)
             bar = tqdm(total=batches_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch}",
                        unit="batch", disable=not worker.main, leave=False)
+            group: list[MicroStep] = []  # the micro-steps of the coming optimizer step
             for batch in loader:
                 micro = state["batch_in_epoch"]
-                last_micro = micro + 1 == batches_per_epoch
-                sync_now = micro_since_step + 1 == cfg.accumulation or last_micro
+                # An optimizer step takes `accumulation` micro-steps; the epoch's last group may be shorter, and
+                # its losses are divided by its real size so that every step's gradient is a mean.
+                group_start = micro - micro % cfg.accumulation
+                group_size = min(cfg.accumulation, batches_per_epoch - group_start)
+                sync_now = micro + 1 == group_start + group_size
+                for name, count in task.prepare(batch).items():  # on the CPU batch: no device sync
+                    state[name] += count
                 batch = _to_device(batch, worker.device)
                 ctx = ddp.no_sync() if (worker.world > 1 and not sync_now) else contextlib.nullcontext()
                 with ctx:
-                    with (torch.autocast(worker.device.type, dtype=amp_dtype) if amp_dtype else
-                          contextlib.nullcontext()):
-                        out = ddp(batch["query"]["video"], batch["exemplar"]["video"],
-                                  batch["query"]["transitions"], batch["exemplar"]["transitions"],
-                                  with_masks=use_masks)
-                    losses = compute_losses(out, batch, cfg, use_masks)
-                    bad = not bool(torch.isfinite(losses["total"]))
-                    if any_rank(bad, worker):
-                        values = {k: round(float(v.detach()), 4) for k, v in losses.items()}
-                        raise TrainingError(
-                            f"non-finite loss at step {state['step']} (epoch {epoch}, batch {micro}) on rank "
-                            f"{worker.rank if bad else '?'}: query {', '.join(batch['query']['key'])}, exemplar "
-                            f"{', '.join(batch['exemplar']['key'])} (losses {values}); "
-                            f"last good checkpoint: {run_dir / 'last.pt'}")
-                    scaler.scale(losses["total"] / cfg.accumulation).backward()
+                    losses = task.losses(ddp, batch, autocast)
+                    scaler.scale(losses["total"] / group_size).backward()
+                losses = {k: v.detach() for k, v in losses.items()}
+                group.append(MicroStep(micro, task.batch_keys(batch), losses))
+                for k, v in losses.items():
+                    loss_sums[k] = loss_sums[k] + v if k in loss_sums else v
+                loss_count += 1
                 samples += cfg.batch_size * worker.world
-                micro_since_step += 1
                 state["batch_in_epoch"] = micro + 1
                 bar.update(1)
                 if not sync_now:
                     continue
-                # ---- optimizer step ----
+                # ---- optimizer step: one host sync (non-finite loss on any rank, stop request) ----
+                group_total = torch.stack([m.losses["total"] for m in group]).sum()
+                stop_flag = torch.tensor(stop.signal is not None, device=worker.device)
+                bad, stop_asked = any_rank(torch.stack([~torch.isfinite(group_total), stop_flag]), worker)
+                if bad:
+                    raise non_finite_error(group, state["step"], epoch, worker, run_dir / "last.pt")
+                group = []
                 if o.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                micro_since_step = 0
                 state["step"] += 1
                 scheduler.step_update(state["step"])
-                last_losses = {k: float(v.detach()) for k, v in losses.items()}
-                if worker.main:
-                    bar.set_postfix(loss=f"{last_losses['total']:.3f}", lr=f"{optimizer.param_groups[1]['lr']:.2e}")
                 if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+                    last_losses = mean_losses(loss_sums, loss_count)
+                    loss_sums, loss_count = {}, 0
+                    lr = optimizer.param_groups[-1]["lr"]
+                    if worker.main:
+                        bar.set_postfix(loss=f"{last_losses['total']:.3f}", lr=f"{lr:.2e}")
                     runlog.write({"event": "train", "epoch": epoch, **{f"loss_{k}": v for k, v in last_losses.items()},
-                                  "lr": optimizer.param_groups[1]["lr"],
-                                  "samples_per_s": samples / (time.perf_counter() - started)}, state["step"])
-                if any_rank(stop.signal is not None, worker):
+                                  "lr": lr, "samples_per_s": samples / (time.perf_counter() - started)}, state["step"])
+                if stop_asked:
                     stopped_by = stop.signal or signal.SIGTERM
                     break
                 if state["step"] >= total_steps:
@@ -434,12 +650,18 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
             if state["batch_in_epoch"] >= batches_per_epoch:
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
-                if stopped_by is None and state["epoch"] % cfg.eval_every == 0:
-                    last_metrics = run_eval()
+                state["eval_pending"] = eval_due(state["epoch"], cfg.eval_every)
+            # The epoch's training reaches disk before its evaluation starts (long, and may be killed): a
+            # resume from this last.pt keeps the epoch and evaluates it first (eval_pending).
             save("last.pt")
+            if state["eval_pending"] and stopped_by is None:
+                last_metrics = run_eval()
+                save("last.pt", {"metrics": last_metrics})
         if stopped_by is None and not last_metrics and cfg.eval_at_end:
             last_metrics = run_eval()
-            save("last.pt")
+            save("last.pt", {"metrics": last_metrics})
+    if loss_count:
+        last_losses = mean_losses(loss_sums, loss_count)
 
     elapsed = time.perf_counter() - started
     digest = weights_digest(model)
@@ -449,14 +671,18 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
         dist.all_gather_object(digests, digest)
     summary = {"steps": state["step"], "epochs_done": state["epoch"], "minutes": elapsed / 60,
                "samples_per_s": samples / elapsed if elapsed > 0 else float("nan"),
-               "s_per_step": elapsed / max(1, state["step"]), "best_rho": state["best_rho"],
-               "best_step": state["best_step"], "stopped_by_signal": stopped_by is not None,
+               "s_per_step": elapsed / max(1, state["step"]), f"best_{task.metric}": state["best"],
+               "best_step": state["best_step"], "best_epoch": state["best_epoch"],
+               **{name: state[name] for name in task.counters}, "stopped_by_signal": stopped_by is not None,
                "weights_identical_across_ranks": len(set(digests)) == 1, "rank_weight_digests": digests,
-               **{f"loss_{k}": v for k, v in last_losses.items()}, **last_metrics}
+               **{f"loss_{k}": v for k, v in last_losses.items()}, **last_metrics,
+               f"best_{task.metric}_metrics": state["best_metrics"], "best_each": state["best_each"]}
     runlog.write({"event": "end", **summary}, state["step"])
     runlog.close()
     if worker.main:
         print(format_table(f"run {run_dir}", summary))
+        if state["best_each"]:
+            print(format_best_table(state["best_metrics"], state["best_epoch"], state["best_each"]))
         if stopped_by is not None:
             log.warning("stopped by %s; continue with --resume --out %s", signal.Signals(stopped_by).name, run_dir)
     if stopped_by is not None:
@@ -474,7 +700,7 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 def format_table(title: str, values: dict[str, Any]) -> str:
     """A two-column summary table."""
-    rows = [(k, v) for k, v in values.items() if k != "rank_weight_digests"]
+    rows = [(k, v) for k, v in values.items() if k != "rank_weight_digests" and not isinstance(v, dict)]
     width = max(len(k) for k, _ in rows)
     lines = [title, "-" * (width + 16)]
     for k, v in rows:

@@ -90,6 +90,8 @@ std::string python_dumps(const Json& value) {
   }
 }
 
+std::string json_line(const Json& value) { return value.dump(-1, ' ', true, Json::error_handler_t::replace); }
+
 std::string utc_now_iso() {
   const auto now = std::chrono::system_clock::now();
   const auto since_epoch = now.time_since_epoch();
@@ -110,7 +112,7 @@ Json EventWriter::publish(const std::string& type, const Json& fields) {
   event["seq"] = seq_++;
   event["wall_time"] = utc_now_iso();
   for (const auto& [key, item] : fields.items()) event[key] = item;
-  out_ << python_dumps(event) << '\n';
+  out_ << json_line(event) << '\n';
   out_.flush();
   return event;
 }

@@ -73,6 +73,16 @@ std::string version_prefix(const std::string& version) {  // "10.3.0.30" -> "10.
 
 }  // namespace
 
+// fineparser.spec.canonical_dive_number: every whitespace character removed, lower case ('407 C' -> '407c'),
+// the spelling of the real FineDiving annotations.
+std::string canonical_dive_number(const std::string& dive_number) {
+  std::string out;
+  for (unsigned char c : dive_number) {
+    if (!std::isspace(c)) out += static_cast<char>(std::tolower(c));
+  }
+  return out;
+}
+
 const std::vector<std::string>& fallback_order() {
   static const std::vector<std::string> order = {"same dive number", "same group (first digit) and position letter",
                                                  "any dive"};
@@ -347,23 +357,25 @@ std::vector<std::int64_t> spread_indices(const std::vector<double>& scores, int 
 
 Selection ExemplarBank::select(const std::string& wanted, std::optional<int> k) const {
   if (size == 0) throw PackageError("the exemplar bank is empty: no exemplar can be selected");
-  const std::string number = strip(wanted);
+  const std::string number = canonical_dive_number(wanted);
+  std::vector<std::string> bank_numbers;
+  for (const auto& other : dive_number) bank_numbers.push_back(canonical_dive_number(other));
   Selection selection;
   std::vector<std::int64_t> chosen;
   for (std::int64_t i = 0; i < size; ++i) {
-    if (dive_number[static_cast<std::size_t>(i)] == number) chosen.push_back(i);
+    if (bank_numbers[static_cast<std::size_t>(i)] == number) chosen.push_back(i);
   }
   if (chosen.empty()) {
     const std::string group = dive_group(number), position = dive_position(number);
     if (!group.empty() && !position.empty()) {
       for (std::int64_t i = 0; i < size; ++i) {
-        const auto& other = dive_number[static_cast<std::size_t>(i)];
+        const auto& other = bank_numbers[static_cast<std::size_t>(i)];
         if (dive_group(other) == group && dive_position(other) == position) chosen.push_back(i);
       }
     }
     if (!chosen.empty()) {
       std::set<std::string> used;
-      for (auto i : chosen) used.insert(dive_number[static_cast<std::size_t>(i)]);
+      for (auto i : chosen) used.insert(bank_numbers[static_cast<std::size_t>(i)]);
       selection.note = "no exemplar of dive " + number + " in the bank: using group " + group + " position " +
                        position + " (" + join(std::vector<std::string>(used.begin(), used.end()), ", ") + ")";
     } else {

@@ -100,5 +100,7 @@ std::vector<std::int64_t> spread_indices(const std::vector<double>& scores, int 
 std::string dive_group(const std::string& dive_number);     // first digit, or ""
 std::string dive_position(const std::string& dive_number);  // position letter (upper case), or ""
 std::string strip(const std::string& text);                 // ASCII whitespace off both ends
+// fineparser.spec.canonical_dive_number: the one spelling dive numbers are stored and compared in.
+std::string canonical_dive_number(const std::string& dive_number);
 
 }  // namespace fineparser

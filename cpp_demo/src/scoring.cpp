@@ -124,6 +124,16 @@ class LiveLoop {
       std::snprintf(text, sizeof text, "dive %d: frames before %.2f s were already dropped from the buffer (dive "
                     "starts at %.2f s); scoring the frames left", dive.index, oldest, dive.start);
       events_.publish("warning", {{"kind", "dive_truncated"}, {"dive", dive.index}, {"message", text}});
+      if (!dive.incomplete_reason) {
+        std::snprintf(text, sizeof text, "frames before %.2f s were already dropped from the buffer (the dive starts "
+                      "at %.2f s)", oldest, dive.start);
+        dive.incomplete_reason = text;
+      }
+    }
+    if (dive.incomplete_reason) {  // a dive cut short is never presented as a final score
+      events_.publish("warning", {{"kind", "dive_incomplete"}, {"dive", dive.index},
+                                  {"message", "dive " + std::to_string(dive.index) + ": cut short (" +
+                                                  *dive.incomplete_reason + "): its score is not final"}});
     }
     if (frames.empty()) {
       events_.publish("warning", {{"kind", "not_scored"}, {"dive", dive.index},
@@ -145,6 +155,9 @@ class LiveLoop {
                                   {"message", "dive " + std::to_string(dive.index) + ": " +
                                                   score["exemplar_fallback"].get<std::string>()}});
     }
+    // Whether the dive was seen whole is the segmentation's to say (runtime/cli.py adds it at the same point).
+    score["complete"] = !dive.incomplete_reason.has_value();
+    if (dive.incomplete_reason) score["incomplete_reason"] = *dive.incomplete_reason;
     events_.publish("score", score);
     ++report_.scored;
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -123,11 +124,13 @@ std::vector<Dive> read_json_dives(const std::string& path, const std::string& te
     dive.start = number_or_error(start, path, i, "start");
     dive.end = number_or_error(end, path, i, "end");
     const Json number = item.value("dive_number", Json());
-    // Python: str(number) if number else None (an empty string, 0 or null means no dive number).
+    // Python: canonical_dive_number(number) if number else None (an empty string, 0 or null: no dive number).
     const bool truthy = !(number.is_null() || (number.is_string() && number.get<std::string>().empty()) ||
                           (number.is_number() && number.get<double>() == 0.0) ||
                           (number.is_boolean() && !number.get<bool>()));
-    if (truthy) dive.dive_number = number.is_string() ? number.get<std::string>() : python_dumps(number);
+    if (truthy) {
+      dive.dive_number = canonical_dive_number(number.is_string() ? number.get<std::string>() : python_dumps(number));
+    }
     const Json score = item.value("final_score", Json());
     if (!score.is_null()) {
       const auto value = to_number(score);
@@ -159,7 +162,7 @@ std::vector<Dive> read_csv_dives(const std::string& path, const std::string& tex
     dive.index = static_cast<int>(dives.size()) + 1;
     dive.start = number_or_error(Json(strip(row[0])), path, line, "start");
     dive.end = number_or_error(Json(strip(row[1])), path, line, "end");
-    if (row.size() > 2 && !strip(row[2]).empty()) dive.dive_number = strip(row[2]);
+    if (row.size() > 2 && !strip(row[2]).empty()) dive.dive_number = canonical_dive_number(row[2]);
     dive.source = source;
     dives.push_back(dive);
   }
@@ -234,6 +237,12 @@ std::vector<SegmentEvent> TimecodeSegmenter::finish(std::optional<double> last_t
   for (Dive* dive : open_) {
     if (last_time) {
       const double stream_end = *last_time + frame_duration;
+      if (dive->end && *dive->end > stream_end + 1e-6) {  // runtime.segments.cut_short_reason, word for word
+        char reason[160];
+        std::snprintf(reason, sizeof reason, "the stream ended at %.2f s, before the dive's end at %.2f s", stream_end,
+                      *dive->end);
+        dive->incomplete_reason = reason;
+      }
       dive->end = std::min(dive->end && *dive->end != 0.0 ? *dive->end : stream_end, stream_end);
     }
     events.push_back({SegmentEvent::Kind::kEnd, dive});

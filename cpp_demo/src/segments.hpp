@@ -23,6 +23,7 @@ struct Dive {
   std::optional<std::string> dive_number;
   std::optional<double> ground_truth_score;
   std::string source;  // what decided the boundaries
+  std::optional<std::string> incomplete_reason;  // why the dive was cut short (none: seen whole), as Python's
 };
 
 struct SegmentEvent {

@@ -82,31 +82,58 @@ Dims make_dims(std::initializer_list<std::int64_t> values) {
   return dims;
 }
 
-// Device memory that frees itself; grows on demand and never shrinks.
+// Device memory of a fixed size, freed with its owner.
 class DeviceBuffer {
  public:
-  DeviceBuffer() = default;
+  DeviceBuffer(std::size_t bytes, const std::string& tensor) {
+    check_cuda(cudaMalloc(&data_, std::max<std::size_t>(bytes, 1)), "cudaMalloc for " + tensor);
+  }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   ~DeviceBuffer() {
     if (data_) cudaFree(data_);
   }
-  void* reserve(std::size_t bytes, const std::string& tensor) {
-    if (bytes > capacity_) {
-      if (data_) check_cuda(cudaFree(data_), "cudaFree");
-      data_ = nullptr;
-      check_cuda(cudaMalloc(&data_, std::max<std::size_t>(bytes, 1)), "cudaMalloc for " + tensor);
-      capacity_ = bytes;
-    }
-    return data_;
-  }
+  void* data() const { return data_; }
 
  private:
   void* data_ = nullptr;
-  std::size_t capacity_ = 0;
 };
 
-// One deserialized engine with its execution context; tensors are bound by name per run.
+// Page-locked host memory of a fixed size (cudaMallocHost): asynchronous copies need it, and
+// copies from it run at full bus speed.
+class PinnedBuffer {
+ public:
+  PinnedBuffer(std::size_t bytes, const std::string& tensor) {
+    check_cuda(cudaMallocHost(&data_, std::max<std::size_t>(bytes, 1)), "cudaMallocHost for " + tensor);
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (data_) cudaFreeHost(data_);
+  }
+  void* data() const { return data_; }
+
+ private:
+  void* data_ = nullptr;
+};
+
+// One I/O tensor with its buffers, both sized for the optimisation profile's maximum shape.
+struct Binding {
+  Binding(const std::string& tensor, bool is_input, DataType data_type, const Dims& max, std::size_t bytes)
+      : name(tensor), input(is_input), type(data_type), max_shape(max), max_bytes(bytes),
+        device(bytes, tensor), host(bytes, tensor) {}
+  std::string name;
+  bool input;
+  DataType type;
+  Dims max_shape;
+  std::size_t max_bytes;
+  DeviceBuffer device;
+  PinnedBuffer host;
+};
+
+// One deserialized engine with its execution context. As NVIDIA's samples do it: every tensor's
+// device and pinned host buffers are allocated once, at the profile's maximum shapes, and bound
+// by name once; each run copies inputs through the pinned buffers, enqueues, copies outputs back.
 class Engine {
  public:
   Engine(const std::string& path, Logger& logger) : path_(path) {
@@ -119,13 +146,34 @@ class Engine {
     if (!engine_) {
       throw TensorRTError("TensorRT " + tensorrt_version() + " cannot deserialize " + path +
                           " (built for another GPU or TensorRT version?): rebuild the engines on this machine with "
-                          "`fineparser-export CKPT --out PKG --engine`");
+                          "`fineparser-calibrate PKG --engine` or `fineparser-export CKPT --out PKG --engine`");
     }
     context_.reset(engine_->createExecutionContext());
     if (!context_) throw TensorRTError(path + ": createExecutionContext failed (out of GPU memory?)");
-    for (std::int32_t i = 0; i < engine_->getNbIOTensors(); ++i) {
-      const std::string name = engine_->getIOTensorName(i);
-      (engine_->getTensorIOMode(name.c_str()) == nvinfer1::TensorIOMode::kINPUT ? inputs_ : outputs_).push_back(name);
+    std::vector<std::string> names;
+    for (std::int32_t i = 0; i < engine_->getNbIOTensors(); ++i) names.emplace_back(engine_->getIOTensorName(i));
+    std::map<std::string, Dims> max_shapes;
+    for (const auto& name : names) {
+      if (engine_->getTensorIOMode(name.c_str()) != nvinfer1::TensorIOMode::kINPUT) continue;
+      Dims shape = engine_->getTensorShape(name.c_str());
+      if (volume(shape) < 0) shape = engine_->getProfileShape(name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
+      if (!context_->setInputShape(name.c_str(), shape)) {
+        throw TensorRTError(path + ": setInputShape(" + name + ", " + dims_text(shape) + ") refused");
+      }
+      max_shapes[name] = shape;
+    }
+    for (const auto& name : names) {
+      const bool input = max_shapes.count(name) > 0;
+      const Dims shape = input ? max_shapes[name] : context_->getTensorShape(name.c_str());
+      if (volume(shape) < 0) throw TensorRTError(path + ": output " + name + " has no maximum shape");
+      const DataType type = engine_->getTensorDataType(name.c_str());
+      const auto bytes = static_cast<std::size_t>(volume(shape)) * element_size(type);
+      auto binding = std::make_unique<Binding>(name, input, type, shape, bytes);
+      if (!context_->setTensorAddress(name.c_str(), binding->device.data())) {
+        throw TensorRTError(path + ": setTensorAddress(" + name + ") refused");
+      }
+      (input ? inputs_ : outputs_).push_back(name);
+      bindings_[name] = std::move(binding);
     }
   }
 
@@ -147,57 +195,78 @@ class Engine {
     return type;
   }
   Dims shape(const std::string& name) const { return engine_->getTensorShape(name.c_str()); }
-  Dims max_shape(const std::string& name) const {
-    return engine_->getProfileShape(name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
-  }
+  Dims max_shape(const std::string& name) const { return binding(name).max_shape; }
   DataType type(const std::string& name) const { return engine_->getTensorDataType(name.c_str()); }
 
-  // Copies a host input to the device and binds its shape and address.
-  void set_input(const std::string& name, const void* data, const Dims& shape, cudaStream_t stream) {
-    const std::size_t bytes = static_cast<std::size_t>(volume(shape)) * element_size(type(name));
-    void* device = buffers_[name].reserve(bytes, name);
-    check_cuda(cudaMemcpyAsync(device, data, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync of " + name);
-    if (!context_->setInputShape(name.c_str(), shape)) {
-      throw TensorRTError(path_ + ": setInputShape(" + name + ", " + dims_text(shape) +
-                          ") refused (outside the engine's optimisation profile?)");
+  // The pinned host buffer of an input, to fill with `bytes` (checked against the profile's maximum).
+  void* input_buffer(const std::string& name, std::size_t bytes) {
+    Binding& input = binding(name);
+    if (bytes > input.max_bytes) {
+      throw TensorRTError(path_ + ": input " + name + " needs " + std::to_string(bytes) + " bytes, more than its " +
+                          "maximum shape " + dims_text(input.max_shape) + " holds (outside the optimisation profile)");
     }
-    if (!context_->setTensorAddress(name.c_str(), device)) {
-      throw TensorRTError(path_ + ": setTensorAddress(" + name + ") refused");
-    }
+    return input.host.data();
   }
 
-  // Binds every output, enqueues, copies the outputs back and waits: {name: (bytes, shape)}.
+  // Sets an input's shape and copies its pinned buffer (filled through input_buffer) to the device.
+  void upload(const std::string& name, const Dims& shape, cudaStream_t stream) {
+    Binding& input = binding(name);
+    const std::size_t bytes = static_cast<std::size_t>(volume(shape)) * element_size(input.type);
+    input_buffer(name, bytes);
+    if (!context_->setInputShape(name.c_str(), shape)) {
+      throw TensorRTError(path_ + ": setInputShape(" + name + ", " + dims_text(shape) +
+                          ") refused (outside the engine's optimisation profile, max " +
+                          dims_text(input.max_shape) + ")");
+    }
+    check_cuda(cudaMemcpyAsync(input.device.data(), input.host.data(), bytes, cudaMemcpyHostToDevice, stream),
+               "cudaMemcpyAsync of " + name);
+  }
+
+  // Copies host data into an input's pinned buffer, then uploads it.
+  void set_input(const std::string& name, const void* data, const Dims& shape, cudaStream_t stream) {
+    const std::size_t bytes = static_cast<std::size_t>(volume(shape)) * element_size(type(name));
+    std::memcpy(input_buffer(name, bytes), data, bytes);
+    upload(name, shape, stream);
+  }
+
+  // Enqueues, copies the outputs back through their pinned buffers and waits: {name: (bytes, shape)}.
   std::map<std::string, std::pair<std::vector<unsigned char>, Dims>> run(cudaStream_t stream) {
-    std::map<std::string, std::pair<std::vector<unsigned char>, Dims>> results;
-    std::map<std::string, void*> devices;
+    std::map<std::string, std::pair<Dims, std::size_t>> shapes;
     for (const auto& name : outputs_) {
       const Dims dims = context_->getTensorShape(name.c_str());
       if (volume(dims) < 0) throw TensorRTError(path_ + ": output " + name + " has no shape yet: an input is unset");
-      const std::size_t bytes = static_cast<std::size_t>(volume(dims)) * element_size(type(name));
-      devices[name] = buffers_[name].reserve(bytes, name);
-      if (!context_->setTensorAddress(name.c_str(), devices[name])) {
-        throw TensorRTError(path_ + ": setTensorAddress(" + name + ") refused");
-      }
-      results[name] = {std::vector<unsigned char>(bytes), dims};
+      shapes[name] = {dims, static_cast<std::size_t>(volume(dims)) * element_size(type(name))};
     }
     if (!context_->enqueueV3(stream)) throw TensorRTError(path_ + ": enqueueV3 failed (see the TensorRT log above)");
-    for (auto& [name, result] : results) {
-      check_cuda(cudaMemcpyAsync(result.first.data(), devices[name], result.first.size(), cudaMemcpyDeviceToHost,
+    for (const auto& [name, shape] : shapes) {
+      Binding& output = binding(name);
+      check_cuda(cudaMemcpyAsync(output.host.data(), output.device.data(), shape.second, cudaMemcpyDeviceToHost,
                                  stream),
                  "cudaMemcpyAsync of " + name);
     }
     check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize after " + path_);
+    std::map<std::string, std::pair<std::vector<unsigned char>, Dims>> results;
+    for (const auto& [name, shape] : shapes) {
+      const auto* host = static_cast<const unsigned char*>(binding(name).host.data());
+      results[name] = {std::vector<unsigned char>(host, host + shape.second), shape.first};
+    }
     return results;
   }
 
  private:
+  Binding& binding(const std::string& name) const {
+    const auto found = bindings_.find(name);
+    if (found == bindings_.end()) throw TensorRTError(path_ + ": the engine has no tensor " + name);
+    return *found->second;
+  }
+
   std::string path_;
-  // Declared in creation order: destroyed context first, runtime last.
+  // Declared in creation order, destroyed in reverse: buffers, then context, engine, runtime.
   std::unique_ptr<nvinfer1::IRuntime> runtime_;
   std::unique_ptr<nvinfer1::ICudaEngine> engine_;
   std::unique_ptr<nvinfer1::IExecutionContext> context_;
   std::vector<std::string> inputs_, outputs_;
-  std::map<std::string, DeviceBuffer> buffers_;
+  std::map<std::string, std::unique_ptr<Binding>> bindings_;
 };
 
 template <typename T>
@@ -214,7 +283,7 @@ std::vector<std::int64_t> integers(const std::vector<unsigned char>& bytes, Data
   return {narrow.begin(), narrow.end()};
 }
 
-std::vector<unsigned char> integer_bytes(const std::vector<std::int64_t>& values, DataType type) {
+std::vector<unsigned char> integer_bytes_of(const std::vector<std::int64_t>& values, DataType type) {
   if (type == DataType::kINT64) {
     std::vector<unsigned char> out(values.size() * 8);
     std::memcpy(out.data(), values.data(), out.size());
@@ -329,30 +398,40 @@ PairOutputs TensorRTBackend::pair_head(const QueryFeatures& query, const Exempla
                                        const std::vector<std::int64_t>& indices) {
   Engine& pair = *impl_->pair;
   const std::int64_t windows = bank.windows, dim = bank.feature_dim, rows = bank.token_rows, tokens = bank.token_dim;
+  const std::size_t feature_floats = static_cast<std::size_t>(windows * dim);
+  const std::size_t token_floats = static_cast<std::size_t>(rows * tokens);
+  const DataType integer = impl_->pair_transitions;
+  const std::size_t integer_bytes = integer == DataType::kINT64 ? 8 : 4;
+  cudaStream_t stream = impl_->stream;
+  const auto query_transitions = integer_bytes_of(query.transitions, integer);
+  pair.set_input("query_window_features", query.window_features.data(), make_dims({1, windows, dim}), stream);
+  pair.set_input("query_transitions", query_transitions.data(), make_dims({1, 2}), stream);
+  pair.set_input("query_static_tokens", query.static_tokens.data(), make_dims({1, rows, tokens}), stream);
   PairOutputs outputs;
   // The engine's profile bounds K (1..32 as exported); more exemplars run in several calls.
   for (std::size_t begin = 0; begin < indices.size(); begin += static_cast<std::size_t>(impl_->max_k)) {
     const std::size_t end = std::min(indices.size(), begin + static_cast<std::size_t>(impl_->max_k));
     const auto k = static_cast<std::int64_t>(end - begin);
-    std::vector<float> features, static_tokens;
-    std::vector<std::int64_t> transitions;
+    // Exemplar rows are gathered straight into the pinned input buffers (no staging vector).
+    auto* features = static_cast<float*>(
+        pair.input_buffer("exemplar_window_features", static_cast<std::size_t>(k) * feature_floats * sizeof(float)));
+    auto* static_tokens = static_cast<float*>(
+        pair.input_buffer("exemplar_static_tokens", static_cast<std::size_t>(k) * token_floats * sizeof(float)));
+    auto* transitions = static_cast<unsigned char*>(
+        pair.input_buffer("exemplar_transitions", static_cast<std::size_t>(k) * 2 * integer_bytes));
     for (std::size_t i = begin; i < end; ++i) {
       const auto row = static_cast<std::size_t>(indices[i]);
-      const auto f = bank.window_features.begin() + static_cast<std::ptrdiff_t>(row * windows * dim);
-      features.insert(features.end(), f, f + windows * dim);
-      const auto t = bank.static_tokens.begin() + static_cast<std::ptrdiff_t>(row * rows * tokens);
-      static_tokens.insert(static_tokens.end(), t, t + rows * tokens);
-      transitions.insert(transitions.end(), {bank.transitions[2 * row], bank.transitions[2 * row + 1]});
+      const std::size_t slot = i - begin;
+      std::memcpy(features + slot * feature_floats, bank.window_features.data() + row * feature_floats,
+                  feature_floats * sizeof(float));
+      std::memcpy(static_tokens + slot * token_floats, bank.static_tokens.data() + row * token_floats,
+                  token_floats * sizeof(float));
+      const auto pair_bytes = integer_bytes_of({bank.transitions[2 * row], bank.transitions[2 * row + 1]}, integer);
+      std::memcpy(transitions + slot * 2 * integer_bytes, pair_bytes.data(), pair_bytes.size());
     }
-    const auto query_transitions = integer_bytes(query.transitions, impl_->pair_transitions);
-    const auto exemplar_transitions = integer_bytes(transitions, impl_->pair_transitions);
-    cudaStream_t stream = impl_->stream;
-    pair.set_input("query_window_features", query.window_features.data(), make_dims({1, windows, dim}), stream);
-    pair.set_input("query_transitions", query_transitions.data(), make_dims({1, 2}), stream);
-    pair.set_input("query_static_tokens", query.static_tokens.data(), make_dims({1, rows, tokens}), stream);
-    pair.set_input("exemplar_window_features", features.data(), make_dims({k, windows, dim}), stream);
-    pair.set_input("exemplar_transitions", exemplar_transitions.data(), make_dims({k, 2}), stream);
-    pair.set_input("exemplar_static_tokens", static_tokens.data(), make_dims({k, rows, tokens}), stream);
+    pair.upload("exemplar_window_features", make_dims({k, windows, dim}), stream);
+    pair.upload("exemplar_transitions", make_dims({k, 2}), stream);
+    pair.upload("exemplar_static_tokens", make_dims({k, rows, tokens}), stream);
     auto out = pair.run(stream);
     const auto delta = as_vector<float>(out.at("delta").first);
     const auto steps = as_vector<float>(out.at("step_deltas").first);

@@ -1,5 +1,6 @@
 // Unit tests of fineparser_core (run by ctest; no TensorRT, no Python). Parity with the Python
 // implementation on real data is tests/test_cpp_demo.py's job; these pin down properties.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -253,7 +254,7 @@ void test_select_falls_back_in_the_stated_order() {
   CHECK((spread.indices == std::vector<std::int64_t>{0, 1}) && !spread.note);  // lowest and highest kept
   auto group = bank.select("109B");
   CHECK((group.indices == std::vector<std::int64_t>{0, 1, 2, 3}) && group.note &&
-        *group.note == "no exemplar of dive 109B in the bank: using group 1 position B (105B, 107B)");
+        *group.note == "no exemplar of dive 109b in the bank: using group 1 position B (105b, 107b)");
   auto any = bank.select("405C");
   CHECK(any.indices.size() == 6 && any.note && any.note->find("using exemplars of any dive") != std::string::npos);
   CHECK(bank.select("405C", 3).indices.size() == 3);
@@ -308,11 +309,11 @@ void test_timecodes_csv_and_json() {
   write_text(dir / "t.csv", "start,end,dive_number\n# a comment\n5.0, 9.5 ,107B\n\n1,4\n");
   const auto dives = fp::read_timecodes((dir / "t.csv").string());
   CHECK(dives.size() == 2 && dives[0].start == 1.0 && dives[0].index == 1 && !dives[0].dive_number);
-  CHECK(dives[1].dive_number && *dives[1].dive_number == "107B" && *dives[1].end == 9.5);
+  CHECK(dives[1].dive_number && *dives[1].dive_number == "107b" && *dives[1].end == 9.5);
   CHECK(dives[1].source == "timecodes:t.csv");
   write_text(dir / "b.json", R"({"dives": [{"start_s": 0.72, "end_s": 4.72, "dive_number": "6245D", "final_score": 77.4}]})");
   const auto broadcast = fp::read_timecodes((dir / "b.json").string());
-  CHECK(broadcast.size() == 1 && *broadcast[0].ground_truth_score == 77.4 && *broadcast[0].dive_number == "6245D");
+  CHECK(broadcast.size() == 1 && *broadcast[0].ground_truth_score == 77.4 && *broadcast[0].dive_number == "6245d");
   write_text(dir / "bad.csv", "1,2\n3,abc\n");
   CHECK(throws_with([&] { fp::read_timecodes((dir / "bad.csv").string()); }, "bad.csv, line 2: end 'abc' is not"));
   write_text(dir / "back.csv", "5,4\n");
@@ -348,29 +349,29 @@ void test_timecode_segmenter_starts_and_ends_at_frames() {
 
 // ----------------------------------------------------------------------------- events
 
-void test_python_formatting() {
-  CHECK(fp::python_repr(2.0) == "2.0");
-  CHECK(fp::python_repr(0.1) == "0.1");
-  CHECK(fp::python_repr(-0.0) == "-0.0");
-  CHECK(fp::python_repr(1e-05) == "1e-05");
-  CHECK(fp::python_repr(0.0001) == "0.0001");
-  CHECK(fp::python_repr(1e16) == "1e+16");
-  CHECK(fp::python_repr(1234567890123456.0) == "1234567890123456.0");
-  CHECK(fp::python_repr(55.9889) == "55.9889");
-  CHECK(fp::python_round(2.675, 2) == 2.67);  // 2.675 is 2.67499999... in binary, as Python rounds it
-  CHECK(fp::python_round(0.125, 2) == 0.12);  // an exact tie goes to even
-  const fp::Json event = {{"type", "score"}, {"n", 3}, {"x", 0.5}, {"s", "é\"\n"}, {"a", {1, 2.0}},
-                          {"none", nullptr}, {"ok", true}};
-  CHECK(fp::python_dumps(event) ==
-        R"({"type": "score", "n": 3, "x": 0.5, "s": "\u00e9\"\n", "a": [1, 2.0], "none": null, "ok": true})");
+void test_event_lines() {
+  // Events: one JSON line each, numbers that read back as the same doubles, ASCII only.
   std::ostringstream out;
   fp::EventWriter writer(out);
+  const std::vector<double> values = {2.0, 0.1, -0.0, 1e-05, 1e16, 55.9889, 1.0 / 3.0, -3.0000000000000004};
+  writer.publish("warning", {{"kind", "gap"}, {"message", "é\"\n"}, {"values", values}});
   writer.publish("warning", {{"kind", "gap"}});
-  writer.publish("warning", {{"kind", "gap"}});
-  const auto first = fp::Json::parse(out.str().substr(0, out.str().find('\n')));
-  CHECK(first["seq"] == 0 && first["type"] == "warning" && first["kind"] == "gap");
+  const std::string text = out.str();
+  CHECK(std::count(text.begin(), text.end(), '\n') == 2);
+  CHECK(std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 128; }));
+  const auto first = fp::Json::parse(text.substr(0, text.find('\n')));
+  CHECK(first["seq"] == 0 && first["type"] == "warning" && first["kind"] == "gap" && first["message"] == "é\"\n");
+  CHECK(first["values"].get<std::vector<double>>() == values);
+  CHECK(std::signbit(first["values"][2].get<double>()));
   CHECK(first["wall_time"].get<std::string>().size() == 29);  // 2026-11-28T19:38:08.185+00:00
-  CHECK(out.str().find("\"seq\": 1") != std::string::npos);
+  CHECK(fp::Json::parse(text.substr(text.find('\n') + 1))["seq"] == 1);
+  // Values are rounded as Python's round() rounds them; error messages quote numbers as repr() does.
+  CHECK(fp::python_round(2.675, 2) == 2.67);  // 2.675 is 2.67499999... in binary, as Python rounds it
+  CHECK(fp::python_round(0.125, 2) == 0.12);  // an exact tie goes to even
+  CHECK(fp::python_repr(2.0) == "2.0");
+  CHECK(fp::python_repr(1e-05) == "1e-05");
+  CHECK(fp::python_repr(1e16) == "1e+16");
+  CHECK(fp::python_repr(55.9889) == "55.9889");
 }
 
 void test_score_event_means_and_clipping() {
@@ -419,7 +420,7 @@ int main() {
       {"manifest_verification_names_the_file", test_manifest_verification_names_the_file},
       {"timecodes_csv_and_json", test_timecodes_csv_and_json},
       {"timecode_segmenter_starts_and_ends_at_frames", test_timecode_segmenter_starts_and_ends_at_frames},
-      {"python_formatting", test_python_formatting},
+      {"event_lines", test_event_lines},
       {"score_event_means_and_clipping", test_score_event_means_and_clipping},
   };
   for (const auto& [name, test] : tests) {

@@ -156,7 +156,7 @@ int cmd_prepare(const Args& args) {
                        {"median_ms", percentile(times_ms, 0.5)}, {"p90_ms", percentile(times_ms, 0.9)},
                        {"min_ms", percentile(times_ms, 0.0)},    {"mean_ms", mean},
                        {"opencv_threads", cv::getNumThreads()}};
-    std::cout << fp::python_dumps(report) << '\n';
+    std::cout << fp::json_line(report) << '\n';
   }
   return 0;
 }
@@ -169,7 +169,7 @@ int cmd_weights(const Args& args) {
                                    : static_cast<double>(in_size) / out_size / factor;
   const auto dense = fp::triangle_filter(in_size / factor, out_size, scale).dense();
   if (args.has("--out")) write_bytes(args.get("--out"), dense.data(), dense.size() * sizeof(float));
-  std::cout << fp::python_dumps({{"factor", factor}, {"inputs", in_size / factor}, {"scale", scale}}) << '\n';
+  std::cout << fp::json_line({{"factor", factor}, {"inputs", in_size / factor}, {"scale", scale}}) << '\n';
   return 0;
 }
 
@@ -184,7 +184,7 @@ int cmd_sample(const Args& args) {
     out.push_back(fp::sample_frame_indices(numbers[0], numbers[1], static_cast<int>(numbers[2]),
                                            numbers.size() > 3 ? numbers[3] : 0));
   }
-  std::cout << fp::python_dumps(out) << '\n';
+  std::cout << fp::json_line(out) << '\n';
   return 0;
 }
 
@@ -213,7 +213,7 @@ int cmd_bank(const Args& args) {
                      {"difficulty", bank.difficulty},
                      {"transitions", bank.transitions},
                      {"metadata", bank.metadata}};
-  std::cout << fp::python_dumps(report) << '\n';
+  std::cout << fp::json_line(report) << '\n';
   return 0;
 }
 
@@ -228,7 +228,7 @@ int cmd_select(const Args& args) {
                    {"indices", selection.indices},
                    {"note", selection.note ? fp::Json(*selection.note) : fp::Json()}});
   }
-  std::cout << fp::python_dumps(out) << '\n';
+  std::cout << fp::json_line(out) << '\n';
   return 0;
 }
 
@@ -239,7 +239,7 @@ int cmd_manifest(const Args& args) {
   for (const auto& record : package.engines()) {
     engines.push_back({{"graph", record.graph}, {"engine", record.engine}, {"tensorrt", record.tensorrt}});
   }
-  std::cout << fp::python_dumps({{"voter_number", package.voter_number()},
+  std::cout << fp::json_line({{"voter_number", package.voter_number()},
                                  {"bank_bin", package.bank_bin_path()},
                                  {"verified", !args.has("--no-verify")},
                                  {"engines", engines}})
@@ -260,7 +260,7 @@ int cmd_timecodes(const Args& args) {
   args.need(1, "timecodes FILE");
   fp::Json out = fp::Json::array();
   for (const auto& dive : fp::read_timecodes(args.positional[0])) out.push_back(dive_json(dive));
-  std::cout << fp::python_dumps(out) << '\n';
+  std::cout << fp::json_line(out) << '\n';
   return 0;
 }
 
@@ -268,10 +268,9 @@ int cmd_format(const Args& args) {
   fp::Json out = fp::Json::array();
   for (const auto& text : args.positional) {
     const double value = std::strtod(text.c_str(), nullptr);
-    out.push_back({fp::python_repr(value), fp::python_dumps(fp::python_round(value, 4)),
-                   fp::python_dumps(fp::python_round(value, 6))});
+    out.push_back({fp::python_repr(value), fp::python_round(value, 4), fp::python_round(value, 6)});
   }
-  std::cout << fp::python_dumps(out) << '\n';
+  std::cout << fp::json_line(out) << '\n';
   return 0;
 }
 
@@ -305,7 +304,7 @@ int cmd_score_event(const Args& args) {
   const fp::Json event =
       fp::score_event(dive, input.at("frame_times").get<std::vector<double>>(),
                       input.at("transitions").get<std::vector<std::int64_t>>(), bank, selection, pair, "test", 0.0);
-  std::cout << fp::python_dumps(event) << '\n';
+  std::cout << fp::json_line(event) << '\n';
   return 0;
 }
 
@@ -347,7 +346,7 @@ int cmd_run(const Args& args) {
   fp::RunOptions options;
   options.source = args.positional[0];
   options.segment = args.get("--segment", "clip");
-  if (args.has("--dive-number")) options.dive_number = args.get("--dive-number");
+  if (args.has("--dive-number")) options.dive_number = fp::canonical_dive_number(args.get("--dive-number"));
   options.buffer_frames = static_cast<std::size_t>(std::stoul(args.get("--buffer-frames", "3000")));
   options.voter_number = package.voter_number();
   FakeBackend backend;

@@ -43,7 +43,7 @@ class SpatialActionParser(I3DTrunk):
 
     def _init_side_branches(self) -> None:
         # The paper's initialisation: bilinear transposed convolutions, N(0, 0.001) side convolutions.
-        # The trunk keeps its default init: it is either trained from scratch or loaded from Kinetics.
+        # The trunk keeps Unit3D's He init (see fineparser/modules/i3d.py) unless Kinetics weights are loaded.
         with torch.no_grad():
             for name, module in self.named_children():
                 if isinstance(module, nn.ConvTranspose3d):

@@ -2,21 +2,32 @@
 
 ``auto`` tries, in order: ``tensorrt`` (only when the package holds engines), ``onnxruntime``,
 ``torch``; the first that loads is warmed up and used.
+
+Every backend takes a ``precision`` (``auto`` by default) and a ``device`` (``auto``, ``cpu``,
+``cuda``, ``cuda:N``) and resolves the precision with the one rule of
+:func:`fineparser.precision.resolve_precision`: ``auto`` is fp32 on the CPU and the package's
+recommended precision (what calibration measured) on a GPU backend, stepping down to what the
+backend can run there.  Each backend keeps the choice in ``precision`` and the reason in
+``precision_reason``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Protocol
 
 import numpy as np
 
+from fineparser import scoring
 from fineparser.package import ModelPackage
+from fineparser.precision import AUTO
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+DEVICE_HELP = "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
 
 
 class BackendError(RuntimeError):
@@ -28,6 +39,8 @@ class Backend(Protocol):
 
     name: str
     description: str
+    precision: str
+    precision_reason: str
 
     def encode(self, frames: np.ndarray, with_masks: bool = False) -> dict[str, np.ndarray]:
         """uint8 [1, 96, 112, 112, 3] RGB -> window_features, transitions, transition_probs, static_tokens
@@ -44,64 +57,74 @@ class Backend(Protocol):
         """Free sessions / device memory."""
 
 
+def parse_device(text: str | None) -> tuple[str, int]:
+    """A --device value as (kind, index): ('auto', 0), ('cpu', 0) or ('cuda', N); BackendError if malformed."""
+    value = (text or "auto").strip().lower()
+    if value in ("auto", "cpu", "cuda"):
+        return value, 0
+    match = re.fullmatch(r"cuda:(\d+)", value)
+    if match:
+        return "cuda", int(match.group(1))
+    raise BackendError(f"--device {text}: unknown; known: {DEVICE_HELP}")
+
+
 def warm_up(backend: Backend, bank_feeds: dict[str, np.ndarray], with_masks: bool = False) -> None:
     """One dummy encode (of the graph the dives will use) and pair head, so the first dive pays no lazy setup."""
     frames = np.zeros((1, 96, 112, 112, 3), dtype=np.uint8)
     query = backend.encode(frames, with_masks=with_masks and backend.has_masks)
-    backend.pair_head(pair_feeds(query, bank_feeds))
+    backend.pair_head(scoring.pair_feeds(query, bank_feeds))
 
 
-def pair_feeds(query: dict[str, np.ndarray], exemplar_feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """pair_head inputs from an encoder output and ExemplarBank.pair_head_inputs()."""
-    return {"query_window_features": np.ascontiguousarray(query["window_features"], dtype=np.float32),
-            "query_transitions": np.ascontiguousarray(query["transitions"], dtype=np.int64),
-            "query_static_tokens": np.ascontiguousarray(query["static_tokens"], dtype=np.float32),
-            **exemplar_feeds}
+def has_engines(package: ModelPackage, precision: str | None = None) -> bool:
+    """Whether the package records TensorRT engines for encoder and pair head (of `precision`, or of any)."""
+    from runtime.backends.trt import engine_precisions
+
+    usable = engine_precisions(package)
+    return bool(usable) if precision in (None, AUTO) else precision in usable
 
 
-def has_engines(package: ModelPackage) -> bool:
-    """Whether the package records TensorRT engines for the encoder and pair head that exist on disk."""
-    graphs = {r.get("graph"): r for r in package.manifest.get("engines", []) or []}
-    return all(g in graphs and package.path(graphs[g]["engine"]).is_file() for g in ("encoder", "pair_head"))
-
-
-def load_backend(name: str, package: ModelPackage, checkpoint: str | None = None, precision: str = "fp32") -> Backend:
+def load_backend(name: str, package: ModelPackage, checkpoint: str | None = None, precision: str = AUTO,
+                 device: str = "auto") -> Backend:
     """Load one named backend; BackendError says why it cannot.
 
-    ``precision`` picks a variant of the package (fp32, or fp16/int8 made by fineparser-calibrate);
-    the onnxruntime backend runs any of them, the tensorrt backend runs the engines the package
-    records (built from the graphs that were chosen at build time), the torch backend fp32 only.
+    ``precision``: ``auto`` (see the module docstring) or fp32/fp16/int8 (the package's variants:
+    onnxruntime runs them from their ONNX files, tensorrt from their engines) or, for torch on CUDA,
+    fp16/bf16 autocast.  ``device``: where it runs (:data:`DEVICE_HELP`).
     """
+    parse_device(device)
     if name == "onnxruntime":
         from runtime.backends.ort import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(package, precision=precision)
-    if precision != "fp32" and name in ("tensorrt", "torch"):
-        raise BackendError(f"--precision {precision} runs on the onnxruntime backend; the {name} backend runs "
-                           + ("the package's engines" if name == "tensorrt" else "the fp32 checkpoint"))
-    if name == "tensorrt":
+        backend: Backend = OnnxRuntimeBackend(package, precision=precision, device=device)
+    elif name == "tensorrt":
         from runtime.backends.trt import TensorRTBackend
 
-        return TensorRTBackend(package)
-    if name == "torch":
+        backend = TensorRTBackend(package, precision=precision, device=device)
+    elif name == "torch":
         from runtime.backends.torch_backend import TorchBackend
 
-        return TorchBackend(package, checkpoint)
-    raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
+        backend = TorchBackend(package, checkpoint, precision=precision, device=device)
+    else:
+        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
+    log.info("%s precision: %s", name, getattr(backend, "precision_reason", backend.precision))
+    return backend
 
 
-def choose_backend(name: str, package: ModelPackage, checkpoint: str | None = None,
-                   precision: str = "fp32") -> tuple[Backend, list[str]]:
+def choose_backend(name: str, package: ModelPackage, checkpoint: str | None = None, precision: str = AUTO,
+                   device: str = "auto") -> tuple[Backend, list[str]]:
     """The requested backend, or with ``auto`` the first of AUTO_ORDER that loads, and why others were skipped."""
     if name != "auto":
-        return load_backend(name, package, checkpoint, precision), []
+        return load_backend(name, package, checkpoint, precision, device), []
     skipped: list[str] = []
     for candidate in AUTO_ORDER:
+        if candidate == "tensorrt" and parse_device(device)[0] == "cpu":
+            skipped.append("tensorrt: --device cpu")
+            continue
         if candidate == "tensorrt" and not has_engines(package):
             skipped.append("tensorrt: the package has no engines (fineparser-export --engine builds them)")
             continue
         try:
-            return load_backend(candidate, package, checkpoint, precision), skipped
+            return load_backend(candidate, package, checkpoint, precision, device), skipped
         except BackendError as exc:
             skipped.append(f"{candidate}: {exc}")
             log.info("backend %s unavailable: %s", candidate, exc)

@@ -3,13 +3,16 @@
 numpy + OpenCV only.  Public entry points:
 
 - :func:`generate_dataset` writes frames, exact diver masks, annotations, splits and ``synth.json``;
-- :func:`generate_broadcasts` writes untrimmed broadcast-like MP4s with ground truth and start lists;
+- :func:`generate_broadcasts` writes untrimmed broadcast-like MP4s (cutaways, follow camera, slow replays,
+  any frame rate) with per-frame ground truth and start lists (read back by
+  :func:`fineparser.broadcast_labels.read_broadcast_labels`);
 - :func:`render_synthetic_dive` renders one dive in memory (frames, masks, step labels);
-- :mod:`fineparser.synth.dives` holds the dive table and the judging rules.
+- :mod:`synth.dives` holds the dive table and the judging rules;
+- :mod:`synth.finediving_facts` holds the facts of the real annotations the world reproduces.
 """
 
-from fineparser.synth.broadcast import BroadcastSummary, find_ffmpeg, generate_broadcasts
-from fineparser.synth.dataset import (
+from synth.broadcast import BroadcastSettings, BroadcastSummary, find_ffmpeg, frame_rate, generate_broadcasts
+from synth.dataset import (
     DatasetSummary,
     SynthDive,
     generate_dataset,
@@ -17,7 +20,8 @@ from fineparser.synth.dataset import (
     render_synthetic_dive,
     synth_dive,
 )
-from fineparser.synth.dives import (
+from synth.dives import (
+    DIVE_FREQUENCY,
     DIVE_TABLE,
     STEP_TYPES,
     Quality,
@@ -27,11 +31,13 @@ from fineparser.synth.dives import (
     parse_dive_number,
     sample_judge_scores,
 )
-from fineparser.synth.render import RenderedDive, render_dive
+from synth.render import RenderedDive, render_dive
 
 __all__ = [
+    "DIVE_FREQUENCY",
     "DIVE_TABLE",
     "STEP_TYPES",
+    "BroadcastSettings",
     "BroadcastSummary",
     "DatasetSummary",
     "Quality",
@@ -41,6 +47,7 @@ __all__ = [
     "expected_judge_award",
     "final_score",
     "find_ffmpeg",
+    "frame_rate",
     "generate_broadcasts",
     "generate_dataset",
     "make_splits",

@@ -15,87 +15,63 @@ from types import MappingProxyType
 
 import numpy as np
 
+from fineparser.spec import canonical_dive_number
+from synth.finediving_facts import DIVES, SUB_ACTION_TYPES
+
 PLATFORM = "10m"
 SPRINGBOARD = "3m"
 HEIGHTS = (PLATFORM, SPRINGBOARD)
 
-# Degrees of difficulty of the FINA (now World Aquatics) Table of Degree of Difficulty, Diving
-# Rules 2017-2021, Appendix 2 (springboard) and Appendix 4 (platform), transcribed by hand; see
-# docs/synthetic.md for the caveat.  Only dives that enter head first are used, which keeps the
-# renderer's entry rule simple (odd half-somersaults standing, even half-somersaults armstand).
+# Dive numbers, how often each is dived at each height and its degree of difficulty, all from the
+# real FineDiving annotations (synth/finediving_facts.py says how).  Dive numbers are canonical
+# (fineparser.spec.canonical_dive_number: lower case, as the real annotations write them).
 DIVE_TABLE: Mapping[str, Mapping[str, float]] = MappingProxyType(
-    {
-        PLATFORM: MappingProxyType(
-            {
-                "107B": 3.0,
-                "107C": 2.8,
-                "109B": 4.1,
-                "109C": 3.7,
-                "207B": 3.6,
-                "207C": 3.3,
-                "307C": 3.4,
-                "407C": 3.2,
-                "5253B": 3.2,
-                "5255B": 3.6,
-                "626B": 3.6,
-                "626C": 3.3,
-                "6243D": 3.2,
-                "6245D": 3.6,
-            }
-        ),
-        SPRINGBOARD: MappingProxyType(
-            {
-                "105B": 2.4,
-                "107B": 3.1,
-                "107C": 2.8,
-                "109C": 3.8,
-                "205B": 3.0,
-                "205C": 2.8,
-                "207C": 3.4,
-                "305B": 3.0,
-                "305C": 2.8,
-                "307C": 3.5,
-                "405B": 3.0,
-                "407C": 3.4,
-                "5152B": 3.0,
-                "5154B": 3.4,
-                "5156B": 3.9,
-            }
-        ),
-    }
+    {board: MappingProxyType({n: dd for n, (_, dd) in dives.items()}) for board, dives in DIVES.items()}
 )
+"""Height -> dive number -> degree of difficulty."""
+DIVE_FREQUENCY: Mapping[str, Mapping[str, int]] = MappingProxyType(
+    {board: MappingProxyType({n: count for n, (count, _) in dives.items()}) for board, dives in DIVES.items()}
+)
+"""Height -> dive number -> clips of it in FineDiving; the world draws dive numbers in these proportions."""
 
 DIRECTIONS = ("forward", "back", "reverse", "inward")
 POSITIONS = MappingProxyType({"A": "straight", "B": "pike", "C": "tuck", "D": "free"})
 
 # ----------------------------------------------------------------------------- step labels
-# Per-frame step types (ids are indices).  Take-off is one id per group, flight has several
-# sub-steps, entry is one id, so in every clip the second distinct label starts the flight and
-# the last distinct label is the entry (the two transitions the model learns).
-STEP_TYPES = (
-    "take-off forward",  # 0
-    "take-off back",  # 1
-    "take-off reverse",  # 2
-    "take-off inward",  # 3
-    "take-off armstand forward",  # 4
-    "take-off armstand back",  # 5
-    "somersault straight",  # 6
-    "somersault pike",  # 7
-    "somersault tuck",  # 8
-    "somersault free",  # 9
-    "twist",  # 10
-    "come-out",  # 11
-    "entry",  # 12
-)
+# Per-frame step types with the ids and names of the real Sub_action_Types_Table.pkl, applied the
+# way the real annotators did: take-off by group, then somersaults named by the dive's total count
+# (free position written as pike, a half somersault as '0.5 Som.Pike'), twists by the dive's total
+# count, then 'Entry'.  The come-out belongs to the somersault step, as in the real labels.  So in
+# every clip the second distinct label starts the flight and the last distinct label is the entry
+# (the two transitions the model learns).
+STEP_TYPES: Mapping[int, str] = SUB_ACTION_TYPES
+"""Step type id -> name (the real table; the world uses 33 of its 42 ids)."""
+_ID_OF_TYPE = {name: i for i, name in SUB_ACTION_TYPES.items()}
 TAKEOFF_LABELS = MappingProxyType(
-    {"forward": 0, "back": 1, "reverse": 2, "inward": 3, "armstand forward": 4, "armstand back": 5}
+    {
+        "forward": _ID_OF_TYPE["Forward"],
+        "back": _ID_OF_TYPE["Back"],
+        "reverse": _ID_OF_TYPE["Reverse"],
+        "inward": _ID_OF_TYPE["Inward"],
+        "armstand forward": _ID_OF_TYPE["Arm.Forward"],
+        "armstand back": _ID_OF_TYPE["Arm.Back"],
+    }
 )
-SOMERSAULT_LABELS = MappingProxyType({"A": 6, "B": 7, "C": 8, "D": 9})
-TWIST_LABEL = 10
-COME_OUT_LABEL = 11
-ENTRY_LABEL = 12
-STEP_OF_TYPE = tuple(0 if i <= 5 else (2 if i == ENTRY_LABEL else 1) for i in range(len(STEP_TYPES)))
+ENTRY_LABEL = _ID_OF_TYPE["Entry"]
+STEP_OF_TYPE: Mapping[int, int] = MappingProxyType(
+    {
+        i: 0 if i in TAKEOFF_LABELS.values() or name.startswith("Arm.") else (2 if i == ENTRY_LABEL else 1)
+        for i, name in SUB_ACTION_TYPES.items()
+        if name != "Background"
+    }
+)
 """Coarse step (index into fineparser.spec.STEP_NAMES) of every step type."""
+
+
+def _count_name(halves: int, one: str, many: str) -> str:
+    """'0.5 Twist', '1 Twist', '1.5 Twists', ... as the real table writes counts."""
+    count = f"{halves / 2:g}"
+    return f"{count} {one if halves <= 2 else many}"
 
 _DIVE_RE = re.compile(r"^([1-6])(\d)(\d)(\d)?([ABCD])$")
 
@@ -130,13 +106,27 @@ class DiveInfo:
 
     @property
     def somersault_label(self) -> int:
-        """Step type id of this dive's somersault phases."""
-        return SOMERSAULT_LABELS[self.position]
+        """Step type id of this dive's somersault phases (and come-out), e.g. '2.5 Soms.Pike'."""
+        if self.half_somersaults == 1:
+            return _ID_OF_TYPE["0.5 Som.Pike"]
+        position = {"A": "Straight", "B": "Pike", "C": "Tuck", "D": "Pike"}[self.position]
+        name = f"{_count_name(self.half_somersaults, 'Som', 'Soms')}.{position}"
+        if name not in _ID_OF_TYPE:
+            raise ValueError(f"dive {self.number}: no step type {name!r} in the real table")
+        return _ID_OF_TYPE[name]
+
+    @property
+    def twist_label(self) -> int:
+        """Step type id of this dive's twist phase, e.g. '1.5 Twists' (ValueError without twists)."""
+        name = _count_name(self.half_twists, "Twist", "Twists")
+        if self.half_twists == 0 or name not in _ID_OF_TYPE:
+            raise ValueError(f"dive {self.number}: no twist step type {name!r}")
+        return _ID_OF_TYPE[name]
 
 
 def parse_dive_number(number: str) -> DiveInfo:
-    """Decode a FINA dive number such as '107B', '5253B' or '6243D'."""
-    match = _DIVE_RE.match(number.strip().upper())
+    """Decode a FINA dive number such as '107b', '5253B' or '6243d' (any case; DiveInfo.number is canonical)."""
+    match = _DIVE_RE.match(canonical_dive_number(number).upper())
     if not match:
         raise ValueError(f"not a dive number: {number!r}")
     d1, d2, d3, d4, position = match.groups()
@@ -156,11 +146,12 @@ def parse_dive_number(number: str) -> DiveInfo:
         if d4 is not None:
             raise ValueError(f"dive {number!r}: four digits only for twisting and armstand dives")
         direction, half_soms, half_twists, armstand = DIRECTIONS[group - 1], int(d3), 0, False
-    return DiveInfo(number.strip().upper(), group, direction, armstand, half_soms, half_twists, position)
+    return DiveInfo(canonical_dive_number(number), group, direction, armstand, half_soms, half_twists, position)
 
 
 def difficulty(number: str, height: str) -> float:
-    """Degree of difficulty of a dive number at a height ('10m' or '3m') from DIVE_TABLE."""
+    """Degree of difficulty of a dive number (any case) at a height ('10m' or '3m') from DIVE_TABLE."""
+    number = canonical_dive_number(number)
     try:
         return DIVE_TABLE[height][number]
     except KeyError:

@@ -25,13 +25,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fineparser.synth.dives import (
-    COME_OUT_LABEL,
+from synth.dives import (
     ENTRY_LABEL,
     PLATFORM,
-    TWIST_LABEL,
     DiveInfo,
     Quality,
+)
+from synth.finediving_facts import (
+    CLIP_LENGTH_QUANTILES,
+    ENTRY_END_QUANTILES,
+    TAKEOFF_END_QUANTILES,
+    TRANSITION_RANK_CORRELATION,
+    from_quantiles,
 )
 
 BASE_HEIGHT = 256
@@ -257,31 +262,87 @@ def _position_params(info: DiveInfo, tightness: float, fault_beta: float) -> np.
 
 
 def _flight_phases(info: DiveInfo, rng: np.random.Generator) -> tuple[FlightPhase, ...]:
-    """Sub-steps of the flight: somersaults in position, twists in a straight body, come-out."""
+    """Sub-steps of the flight: somersaults in position, twists in a straight body, come-out.
+
+    The come-out carries the somersault step type, as the real annotations label it.
+    """
     som = info.somersault_label
     open_at = rng.uniform(0.76, 0.84)
     if info.half_twists == 0:
         return (
             FlightPhase(0.0, open_at, "somersault", som),
-            FlightPhase(open_at, 1.0, "come-out", COME_OUT_LABEL),
+            FlightPhase(open_at, 1.0, "come-out", som),
         )
+    twist = info.twist_label
     twist_len = min(0.42, 0.10 + 0.065 * info.half_twists)
     if info.direction == "forward" and not info.armstand:
-        # Forward twisting somersaults twist late, after the somersaults (e.g. 5154B).
+        # Forward twisting somersaults twist late, after the somersaults (e.g. 5154b).
         start = open_at - twist_len
         return (
             FlightPhase(0.0, start, "somersault", som),
-            FlightPhase(start, open_at, "twist", TWIST_LABEL),
-            FlightPhase(open_at, 1.0, "come-out", COME_OUT_LABEL),
+            FlightPhase(start, open_at, "twist", twist),
+            FlightPhase(open_at, 1.0, "come-out", som),
         )
     # Back/reverse/inward and armstand twisters twist early, then somersault in position.
     first = rng.uniform(0.06, 0.1)
     return (
         FlightPhase(0.0, first, "somersault", som),
-        FlightPhase(first, first + twist_len, "twist", TWIST_LABEL),
+        FlightPhase(first, first + twist_len, "twist", twist),
         FlightPhase(first + twist_len, open_at, "somersault", som),
-        FlightPhase(open_at, 1.0, "come-out", COME_OUT_LABEL),
+        FlightPhase(open_at, 1.0, "come-out", som),
     )
+
+
+MIN_TAKEOFF_FRAMES = 3
+MIN_FLIGHT_FRAMES = 8  # the shortest flight step of the real annotations
+_TIMING_TRIES = 1000
+
+
+def sample_clip_length(rng: np.random.Generator) -> int:
+    """Frames of a dive clip, drawn from the real clip lengths (63..273, 101 the most common)."""
+    return int(round(float(from_quantiles(CLIP_LENGTH_QUANTILES, rng.random()))))
+
+
+def sample_step_timing(num_frames: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(takeoff_end, entry_start) of a clip, from the real annotations' transition positions.
+
+    The last take-off frame and the last frame before the entry are drawn as fractions of the clip
+    from their real distributions, correlated as in the real data (normal-score correlation
+    0.86).  Draws are kept only when the take-off has >= 3 frames, the flight >= 8, and, after
+    96-frame sampling with any training end shift (-3..0), the transitions fall in 0..47 and
+    48..95 where the paper's TAP looks for them (93 % of real clips do; the rest are redrawn).
+    One value is taken from ``rng`` whatever the number of redraws, so later draws do not move.
+    """
+    T = int(num_frames)
+    if T < 40:
+        raise ValueError("a dive needs at least 40 frames")
+    own = np.random.default_rng(int(rng.integers(2**63)))
+    rho = TRANSITION_RANK_CORRELATION
+    for _ in range(_TIMING_TRIES):
+        z1, z2 = own.standard_normal(2)
+        z2 = rho * z1 + math.sqrt(1.0 - rho * rho) * z2
+        u1, u2 = (0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in (z1, z2))
+        takeoff_end = int(round(float(from_quantiles(TAKEOFF_END_QUANTILES, u1)) * (T - 1)))
+        entry_start = int(round(float(from_quantiles(ENTRY_END_QUANTILES, u2)) * (T - 1))) + 1
+        if takeoff_end + 1 < MIN_TAKEOFF_FRAMES or entry_start - takeoff_end - 1 < MIN_FLIGHT_FRAMES:
+            continue
+        if entry_start >= T or not _reachable(T, takeoff_end, entry_start):
+            continue
+        return takeoff_end, entry_start
+    raise RuntimeError(f"no step timing for a {T}-frame clip satisfies the constraints")
+
+
+def _reachable(num_frames: int, takeoff_end: int, entry_start: int) -> bool:
+    """Whether the sampled transitions land in 0..47 and 48..95 for every training end shift."""
+    for shift in range(-3, 1):
+        idx = np.linspace(0, num_frames - 1 + shift, 96).astype(np.int64)
+        first_flight = np.flatnonzero(idx > takeoff_end)
+        first_entry = np.flatnonzero(idx >= entry_start)
+        if not first_flight.size or not first_entry.size:
+            return False
+        if not (first_flight[0] - 1 <= 47 and first_entry[0] - 1 >= 48):
+            return False
+    return True
 
 
 def _orientation(info: DiveInfo) -> tuple[int, int]:
@@ -305,13 +366,8 @@ def plan_dive(
     """Plan a dive: timing, trajectory and the visible faults that its quality factors call for."""
     k = geometry.scale
     body = Body.sample(k, rng)
-    T = int(num_frames) if num_frames is not None else int(rng.integers(100, 141))
-    if T < 40:
-        raise ValueError("a dive needs at least 40 frames")
-    # Take-off ends at 18-30% and entry starts at 74-86% of the clip, so after 96-frame sampling
-    # (with the training end shift of -3..0) the transitions fall in 0..47 and 48..95.
-    takeoff_end = int(round(T * rng.uniform(0.18, 0.30)))
-    entry_start = int(round(T * rng.uniform(0.74, 0.86)))
+    T = int(num_frames) if num_frames is not None else sample_clip_length(rng)
+    takeoff_end, entry_start = sample_step_timing(T, rng)
     facing, rot_sign = _orientation(info)
     if info.armstand:
         style = "armstand"

@@ -1,9 +1,15 @@
 """Write synthetic dives in the exact FineDiving / FineDiving-HM on-disk layout.
 
+Records, names and numbering are those of the real files (synth/finediving_facts.py): the AQA
+annotation holds lists [dive_number, final_score, difficulty, steps_transit_frames, frames_labels],
+clip ids count from 0 inside a competition, frames are named by their frame number in the
+competition's untrimmed video (six digits past 99999), dive numbers are lower case, and the coarse
+and fine-grained annotations and the sub-action table are written under their real names.
+
 Dive ``i`` of seed ``s`` depends only on ``(s, i)`` (and on the options that change pixels, such as
 the frame height): its competition is ``i // dives_per_competition`` and every random choice comes
-from numpy Generators seeded with ``(s, i, stream)``, so asking for more dives never changes the
-earlier ones.
+from numpy Generators seeded with ``(s, i, stream)`` (competition-level ones with ``(s,
+competition, stream)``), so asking for more dives never changes the earlier ones.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from tqdm import tqdm
 from fineparser.data import (  # the reader owns the layout names; the generator writes them
     ANNOTATION_FILE,
     ANNOTATIONS_DIR,
+    COARSE_ANNOTATION_FILE,
     FRAMES_DIR,
     MASKS_DIR,
     TEST_SPLIT_FILE,
     TRAIN_SPLIT_FILE,
 )
-from fineparser.synth.dives import (
-    DIVE_TABLE,
+from synth.dives import (
+    DIVE_FREQUENCY,
     FACTOR_SPREAD,
     HEIGHTS,
     QUALITY_WEIGHTS,
@@ -48,7 +55,8 @@ from fineparser.synth.dives import (
     sample_judge_scores,
     sample_quality,
 )
-from fineparser.synth.render import (
+from synth.finediving_facts import FRAME_NAME, GAP_QUANTILES, START_FRAME_QUANTILES, from_quantiles
+from synth.render import (
     DivePlan,
     RenderedDive,
     Scene,
@@ -58,12 +66,15 @@ from fineparser.synth.render import (
     plan_dive,
     render_dive,
     render_frames,
+    sample_clip_length,
 )
 
 log = logging.getLogger(__name__)
 
-SYNTH_VERSION = "1.1"
+SYNTH_VERSION = "2.1"
 METADATA_FILE = "synth.json"
+FINE_GRAINED_ANNOTATION_FILE = "FineDiving_fine-grained_annotation.pkl"
+SUB_ACTION_TABLE_FILE = "Sub_action_Types_Table.pkl"
 GENERATED = (FRAMES_DIR, MASKS_DIR, ANNOTATIONS_DIR, METADATA_FILE)
 """Entries of an output folder that generate_dataset writes (and --overwrite replaces)."""
 
@@ -74,6 +85,8 @@ PICKLE_PROTOCOL = 4
 
 _STREAM_CHOICE, _STREAM_QUALITY, _STREAM_JUDGES, _STREAM_RENDER = range(4)
 _STREAM_VENUE = 4  # competition-level stream: the venue every dive of that competition shares
+_STREAM_LENGTH = 5  # dive-level stream: the clip length alone (the frame numbers of later clips need it)
+_STREAM_FRAMES = 6  # competition-level stream: where the first clip starts and the gaps between clips
 _FIRST = (
     "Ana",
     "Ben",
@@ -163,6 +176,7 @@ class SynthDive:
     index: int
     competition: Competition
     clip_id: int
+    start_frame: int  # frame number of the clip's first frame in the competition's untrimmed video
     diver: str
     dive_number: str
     difficulty: float
@@ -178,6 +192,15 @@ class SynthDive:
         """Annotation key (competition, clip id)."""
         return self.competition.name, self.clip_id
 
+    @property
+    def end_frame(self) -> int:
+        """Frame number of the clip's last frame (inclusive, as the real coarse annotation)."""
+        return self.start_frame + self.plan.num_frames - 1
+
+    def frame_names(self) -> list[str]:
+        """JPEG names of the clip's frames: their frame numbers in the untrimmed video ('00095.jpg', '100231.jpg')."""
+        return [FRAME_NAME.format(self.start_frame + t) for t in range(self.plan.num_frames)]
+
     def render(self) -> RenderedDive:
         """All frames, masks and step labels in memory."""
         return render_dive(self.plan, self.scene)
@@ -189,6 +212,8 @@ class SynthDive:
             "index": self.index,
             "competition": self.competition.name,
             "clip_id": self.clip_id,
+            "start_frame": self.start_frame,
+            "end_frame": self.end_frame,
             "diver": self.diver,
             "dive_number": self.dive_number,
             "board": plan.board,
@@ -205,6 +230,39 @@ class SynthDive:
             "takeoff_style": plan.takeoff_style,
             "scene_style": self.scene.style,
         }
+
+
+def clip_length(seed: int, index: int, namespace: int = 0) -> int:
+    """Frames of dive ``index`` of ``seed`` (drawn from the real clip lengths, on its own stream)."""
+    return sample_clip_length(np.random.default_rng([seed, index, _STREAM_LENGTH, namespace]))
+
+
+def clip_start_frame(
+    seed: int, competition_index: int, clip_id: int, first_index: int, namespace: int = 0
+) -> int:
+    """Frame number of the first frame of clip ``clip_id`` in its competition's untrimmed video.
+
+    The first clip starts where real clips start (their start frames, 95 to 290k); each later one
+    starts a real gap (208 to 51k frames, median 1357) after the previous clip's last frame.
+    ``first_index`` is the dive index of the competition's clip 0.
+    """
+    rng = np.random.default_rng([seed, competition_index, _STREAM_FRAMES, namespace])
+    start = int(round(float(from_quantiles(START_FRAME_QUANTILES, rng.random()))))
+    gaps = np.rint(from_quantiles(GAP_QUANTILES, rng.random(clip_id))).astype(np.int64)
+    for j in range(clip_id):
+        start += clip_length(seed, first_index + j, namespace) - 1 + int(gaps[j])
+    return start
+
+
+def dive_number_at(board: str, u: float, dive_pool: int | None = None) -> str:
+    """The dive number at quantile ``u`` in [0, 1) of a height's real dive-number frequencies.
+
+    Numbers are ordered from the most dived; ``dive_pool`` keeps only the first N of them.
+    """
+    frequency = DIVE_FREQUENCY[board]
+    names = sorted(frequency, key=lambda n: (-frequency[n], n))[: dive_pool or None]
+    cumulative = np.cumsum([frequency[n] for n in names])
+    return names[int(np.searchsorted(cumulative, u * cumulative[-1], side="right"))]
 
 
 def synth_dive(
@@ -225,16 +283,15 @@ def synth_dive(
 ) -> SynthDive:
     """Plan dive ``index`` of ``seed`` (deterministic); dive number, quality and event may be forced.
 
+    Dive numbers are drawn in the proportions of the real annotations at the competition's height.
     ``namespace`` separates independent families of dives (the dataset uses 0, broadcasts others).
-    ``dive_pool`` limits each board to the first N dive numbers of its table (small sets that still
+    ``dive_pool`` limits each board to its N most frequent dive numbers (small sets that still
     have several dives per dive number, e.g. for tests).
     """
     comp = competition(seed, index // dives_per_competition, num_judges) if event is None else event
     streams = [np.random.default_rng([seed, index, s, namespace]) for s in range(4)]
     choice = streams[_STREAM_CHOICE]
-    table = DIVE_TABLE[comp.board]
-    names = sorted(table)[:dive_pool] if dive_pool else sorted(table)
-    drawn = names[int(choice.integers(len(names)))]
+    drawn = dive_number_at(comp.board, choice.random(), dive_pool)
     diver = (
         f"{_FIRST[int(choice.integers(len(_FIRST)))]} {_LAST[int(choice.integers(len(_LAST)))]} "
         f"({_COUNTRIES[int(choice.integers(len(_COUNTRIES)))]})"
@@ -251,12 +308,16 @@ def synth_dive(
     # then tells a model which competition a dive is from, not which dive it is.
     venue = np.random.default_rng([seed, comp.index, _STREAM_VENUE, namespace])
     geometry = make_geometry(frame_height, comp.board, venue, width=frame_width)
-    plan = plan_dive(info, comp.board, quality, rng, geometry, num_frames=num_frames)
+    length = clip_length(seed, index, namespace) if num_frames is None else int(num_frames)
+    plan = plan_dive(info, comp.board, quality, rng, geometry, num_frames=length)
     scene = make_scene(geometry, rng, plain=plain_background, venue_rng=venue)
+    clip_id = index % dives_per_competition  # from 0, as the real round videos
+    start_frame = clip_start_frame(seed, comp.index, clip_id, index - clip_id, namespace)
     return SynthDive(
         index,
         comp,
-        index % dives_per_competition + 1,
+        clip_id,
+        start_frame,
         diver,
         info.number,
         dd,
@@ -350,15 +411,54 @@ def _write_dive(job: tuple) -> dict:
     frame_params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     mask_params = [cv2.IMWRITE_JPEG_QUALITY, MASK_JPEG_QUALITY]
     size = 0
+    names = dive.frame_names()
     for i, (frame, mask) in enumerate(render_frames(dive.plan, dive.scene)):
         ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), frame_params)
         ok2, mjpg = cv2.imencode(".jpg", mask * np.uint8(255), mask_params)
         if not (ok and ok2):
             raise RuntimeError(f"JPEG encoding failed for {comp}/{clip} frame {i}")
-        (frame_dir / f"{i:05d}.jpg").write_bytes(jpg.tobytes())
-        (mask_dir / f"{i:05d}.jpg").write_bytes(mjpg.tobytes())
+        (frame_dir / names[i]).write_bytes(jpg.tobytes())
+        (mask_dir / names[i]).write_bytes(mjpg.tobytes())
         size += jpg.size + mjpg.size
     return {"meta": dive.metadata(), "labels": frame_labels(dive.plan), "bytes": size}
+
+
+def steps_transit_frames(labels: np.ndarray) -> np.ndarray:
+    """The last frame of every step but the last, as the real records store it (int64 [steps - 1])."""
+    labels = np.asarray(labels)
+    return np.flatnonzero(labels[1:] != labels[:-1]).astype(np.int64)
+
+
+def annotation_files(records: Sequence[dict]) -> tuple[dict, dict, dict]:
+    """The AQA, coarse and fine-grained annotations of written dives, in the real files' layouts."""
+    annotations, coarse, fine = {}, {}, {}
+    for rec in records:
+        m = rec["meta"]
+        # Canonical objects (interned strings, fresh int64 arrays): pickle memoises by identity, so
+        # this makes the bytes the same whether records came from this process or from workers.
+        key = (sys.intern(m["competition"]), int(m["clip_id"]))
+        number = sys.intern(m["dive_number"])
+        labels = np.array(rec["labels"].tolist(), dtype=np.int64)
+        transits = steps_transit_frames(labels)
+        annotations[key] = [number, float(m["final_score"]), float(m["difficulty"]), transits, labels]
+        coarse[key] = {
+            "action_type": number,
+            "start_frame": int(m["start_frame"]),
+            "end_frame": int(m["end_frame"]),
+            "dive_score": float(m["final_score"]),
+            "difficulty": float(m["difficulty"]),
+            "judge_scores": [float(s) for s in m["judge_scores"]],
+        }
+        order = list(dict.fromkeys(labels.tolist()))
+        fine[key] = {
+            "action_type": number,
+            "dive_score": float(m["final_score"]),
+            "difficulty": float(m["difficulty"]),
+            "steps_transit_frames": transits.copy(),
+            "frames_labels": labels.copy(),
+            "sub-action_types": {np.int64(i): STEP_TYPES[i] for i in order},
+        }
+    return annotations, coarse, fine
 
 
 def generate_dataset(
@@ -404,24 +504,20 @@ def generate_dataset(
                 records.append(record)
                 bar.update()
     bar.close()
-    annotations = {}
-    for rec in records:
-        m = rec["meta"]
-        # Canonical objects (interned strings, fresh int64 arrays): pickle memoises by identity, so
-        # this makes the bytes the same whether records came from this process or from workers.
-        key = (sys.intern(m["competition"]), int(m["clip_id"]))
-        annotations[key] = (
-            sys.intern(m["dive_number"]),
-            float(m["final_score"]),
-            float(m["difficulty"]),
-            tuple(float(s) for s in m["judge_scores"]),
-            np.array(rec["labels"].tolist(), dtype=np.int64),
-        )
+    annotations, coarse, fine = annotation_files(records)
     keys = list(annotations)
     train, test = make_splits(keys, [annotations[k][0] for k in keys], seed)
     ann_dir = out / ANNOTATIONS_DIR
     ann_dir.mkdir(exist_ok=True)
-    for name, obj in ((ANNOTATION_FILE, annotations), (TRAIN_SPLIT_FILE, train), (TEST_SPLIT_FILE, test)):
+    files = (
+        (ANNOTATION_FILE, annotations),
+        (COARSE_ANNOTATION_FILE, coarse),
+        (FINE_GRAINED_ANNOTATION_FILE, fine),
+        (SUB_ACTION_TABLE_FILE, dict(STEP_TYPES)),
+        (TRAIN_SPLIT_FILE, train),
+        (TEST_SPLIT_FILE, test),
+    )
+    for name, obj in files:
         (ann_dir / name).write_bytes(pickle.dumps(obj, protocol=PICKLE_PROTOCOL))
     metadata = {
         "generator": "fineparser-synth",
@@ -432,9 +528,10 @@ def generate_dataset(
             "frames": FRAMES_DIR,
             "masks": MASKS_DIR,
             "annotations": f"{ANNOTATIONS_DIR}/{ANNOTATION_FILE}",
+            "coarse_annotations": f"{ANNOTATIONS_DIR}/{COARSE_ANNOTATION_FILE}",
         },
-        "step_types": list(STEP_TYPES),
-        "coarse_step_of_type": list(STEP_OF_TYPE),
+        "step_types": {str(i): name for i, name in STEP_TYPES.items()},
+        "coarse_step_of_type": {str(i): step for i, step in STEP_OF_TYPE.items()},
         "quality_weights": dict(QUALITY_WEIGHTS),
         "quality_factor_spread": FACTOR_SPREAD,
         "splits": {"train": len(train), "test": len(test)},

@@ -1,0 +1,242 @@
+"""Live dive detection on held-out broadcasts: `--segment auto` against the broadcasts' own ground truth.
+
+    python bench/bench_spotter.py --package PKG --out runs/bench_spotter [--sets default:101,fps2997:102]
+
+Renders held-out synthetic broadcasts (seeds never used in training; named settings, some absent from
+the training set), runs `fineparser-live --segment auto` and `--segment timecodes:TRUTH` on each, and
+reports, per set and overall: dive detection F1 at temporal IoU >= 0.5, replays and cutaways detected as
+dives, start/end error in frames, how long after the true end of a dive its `dive_end` was decided
+(stream seconds), |score(auto) - score(timecodes)| per dive, Spearman rho of both against the judges,
+per-frame phase macro-F1 (from the `phase` events) beside the always-idle guess, and the spotter's cost
+per frame. `--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring),
+as fast as possible and with `--realtime` (frames dropped). Numbers, never pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fineparser.broadcast_labels import read_broadcast_labels  # noqa: E402
+from fineparser.package import load_package  # noqa: E402
+from fineparser.spotter_spec import CLASS_NAMES, IDLE  # noqa: E402
+from runtime.backends import load_backend  # noqa: E402
+from runtime.cli import LiveOptions, run_live  # noqa: E402
+from runtime.events import EventBus  # noqa: E402
+from runtime.spotter import SpotterRunner  # noqa: E402
+from synth import generate_broadcasts  # noqa: E402
+
+# name -> generate_broadcasts settings; "default" is the training set's, the others each change one thing.
+SETTINGS = {
+    "default": {},
+    "fps2997": {"fps": "30000/1001"},
+    "follow_all": {"camera_follow_probability": 1.0, "replay_banner_probability": 0.0},
+    "slow_replays": {"replay_speed": 0.25, "max_replays": 3, "replay_probability": 1.0,
+                     "replay_banner_probability": 0.0},
+}
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _tiou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def _session(video: Path, package: Path, backend, segment: str | None, start_list: Path | None) -> list[dict]:
+    bus = EventBus()
+    events: list[dict] = []
+    bus.subscribe(events.append)
+    run_live(LiveOptions(source=str(video), package=package, segment=segment, start_list=start_list),
+             backend=backend, bus=bus, table=False)
+    bus.flush()
+    return events
+
+
+def _phase_frames(events: list[dict], fps: float, num_frames: int) -> np.ndarray:
+    """Per-frame class ids from the `phase` events (each phase holds from its at_s to the next one's)."""
+    labels = np.full(num_frames, IDLE, np.int64)
+    changes = [e for e in events if e["type"] == "phase"]
+    for i, change in enumerate(changes):
+        start = int(round(change["at_s"] * fps))
+        end = int(round(changes[i + 1]["at_s"] * fps)) if i + 1 < len(changes) else num_frames
+        labels[start:end] = CLASS_NAMES.index(change["phase"])
+    return labels
+
+
+def _macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
+    keep = truth >= 0
+    truth, pred = truth[keep], pred[keep]
+    scores = []
+    for c in range(len(CLASS_NAMES)):
+        tp = np.sum((pred == c) & (truth == c))
+        fp = np.sum((pred == c) & (truth != c))
+        fn = np.sum((pred != c) & (truth == c))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package: Path, backend) -> dict:
+    """One broadcast: auto vs truth detection, timing, scores, per-frame phases."""
+    labels = read_broadcast_labels(truth_json)
+    fps = labels.fps
+    truth = json.loads(truth_json.read_text())
+    live = [((d.start_frame) / fps, (d.end_frame + 1) / fps) for d in labels.dives]
+    replays = [((r.start_frame) / fps, (r.end_frame + 1) / fps) for r in labels.replays]
+    auto = _session(video, package, backend, "auto", start_list)
+    timed = _session(video, package, backend, f"timecodes:{truth_json}", start_list)
+    ends = {e["dive"]: e for e in auto if e["type"] == "dive_end"}
+    auto_scores = {e["dive"]: e for e in auto if e["type"] == "score"}
+    true_scores = {e["dive"]: e for e in timed if e["type"] == "score"}
+    detected = [(e["start_s"], e["end_s"], e["dive"]) for e in ends.values()]
+    matched: dict[int, int] = {}  # true dive index (0-based) -> detected dive number
+    for i, span in enumerate(live):
+        best = max(((d, _tiou(span, (s, t))) for s, t, d in detected if d not in matched.values()),
+                   key=lambda x: x[1], default=(None, 0.0))
+        if best[0] is not None and best[1] >= 0.5:
+            matched[i] = best[0]
+    false_dives = [d for s, t, d in detected if d not in matched.values()]
+    on_replay = sum(1 for s, t, d in detected if d in false_dives and any(_tiou((s, t), r) > 0 for r in replays))
+    rows = []
+    for i, dive_id in matched.items():
+        start_true, end_true = live[i]
+        end = ends[dive_id]
+        row = {"start_err_frames": abs(end["start_s"] - start_true) * fps,
+               "end_err_frames": abs(end["end_s"] - end_true) * fps,
+               "end_decided_after_s": end.get("decided_s", float("nan")) - end_true,
+               "judges": truth["dives"][i].get("final_score")}
+        if dive_id in auto_scores and (i + 1) in true_scores:
+            row["auto_score"] = auto_scores[dive_id]["score"]
+            row["timecodes_score"] = true_scores[i + 1]["score"]
+            row["complete"] = auto_scores[dive_id].get("complete", True)
+        rows.append(row)
+    pred = _phase_frames(auto, fps, labels.num_frames)
+    return {"video": video.name, "settings": labels.settings, "true_dives": len(live), "detected": len(detected),
+            "matched": len(matched), "false_dives": len(false_dives), "false_on_replay": on_replay, "rows": rows,
+            "macro_f1": _macro_f1(labels.classes, pred),
+            "macro_f1_idle_guess": _macro_f1(labels.classes, np.full_like(pred, IDLE))}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Pooled figures over broadcasts."""
+    rows = [r for res in results for r in res["rows"]]
+    tp = sum(r["matched"] for r in results)
+    fp = sum(r["false_dives"] for r in results)
+    fn = sum(r["true_dives"] - r["matched"] for r in results)
+    scored = [r for r in rows if "auto_score" in r and r["judges"] is not None]
+
+    def q(values: list[float], p: float) -> float:
+        return float(np.percentile(values, p)) if values else float("nan")
+
+    starts = [r["start_err_frames"] for r in rows]
+    ends = [r["end_err_frames"] for r in rows]
+    return {
+        "dives": sum(r["true_dives"] for r in results), "f1_tiou50": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        "false_dives": fp, "false_on_replay": sum(r["false_on_replay"] for r in results),
+        "start_err_median": q(starts, 50), "start_err_p95": q(starts, 95),
+        "end_err_median": q(ends, 50), "end_err_p95": q(ends, 95),
+        "end_decided_after_s_max": max((r["end_decided_after_s"] for r in rows), default=float("nan")),
+        "end_decided_after_s_median": q([r["end_decided_after_s"] for r in rows], 50),
+        "score_diff_median": q([abs(r["auto_score"] - r["timecodes_score"]) for r in scored], 50),
+        "rho_auto": _spearman([r["auto_score"] for r in scored], [r["judges"] for r in scored]),
+        "rho_timecodes": _spearman([r["timecodes_score"] for r in scored], [r["judges"] for r in scored]),
+        "macro_f1": statistics.mean(r["macro_f1"] for r in results),
+        "macro_f1_idle_guess": statistics.mean(r["macro_f1_idle_guess"] for r in results),
+    }
+
+
+def spotter_cost_ms(package: Path, frames: int = 300) -> float:
+    """Median ms of one spotter step (preprocessing excluded) on 2 threads."""
+    runner = SpotterRunner.from_package(load_package(package))
+    frame = np.random.default_rng(0).integers(0, 255, (*runner.spec.input_hw, 3), dtype=np.uint8)
+    for _ in range(20):
+        runner.step(frame)
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        runner.step(frame)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def ingest_1080p(package: Path, out: Path, seconds: float, backend) -> dict:
+    """Frames/s of capture + spotter on a 1080p50 H.264 programme, and drops with --realtime."""
+    folder = out / "ingest1080"
+    if not (folder / "broadcasts" / "broadcast_000.mp4").is_file():
+        generate_broadcasts(folder, 1, seed=999, size=(1920, 1080), fps=50.0, dives_per_broadcast=1,
+                            idle_seconds=(seconds / 2, seconds / 2), score_seconds=0.5, replay_probability=0.0,
+                            cutaway_probability=0.0, overwrite=True, progress=False)
+    video = folder / "broadcasts" / "broadcast_000.mp4"
+    figures = {}
+    for realtime in (False, True):
+        report = run_live(LiveOptions(source=str(video), package=package, segment="auto", realtime=realtime),
+                          backend=backend, table=False)
+        figures["realtime" if realtime else "fast"] = {"frames": report.frames, "dropped": report.dropped,
+                                                      "fps": report.frames / max(report.capture_seconds, 1e-9)}
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_spotter"))
+    parser.add_argument("--sets", default="default:101,fps2997:102,follow_all:103,slow_replays:104",
+                        help="NAME:SEED,... (names: " + ", ".join(SETTINGS) + ")")
+    parser.add_argument("--broadcasts", type=int, default=2, help="broadcasts per set")
+    parser.add_argument("--dives", type=int, default=4, help="dives per broadcast")
+    parser.add_argument("--size", default="320x180")
+    parser.add_argument("--ingest-1080p", type=float, default=0.0, metavar="SECONDS",
+                        help="also measure ingest + spotter on a 1080p50 programme of about this length")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    backend = load_backend("onnxruntime", load_package(args.package))
+    report: dict = {"package": str(args.package), "sets": {}}
+    every: list[dict] = []
+    for item in args.sets.split(","):
+        name, seed = item.split(":")
+        folder = args.out / f"{name}_{seed}"
+        if not (folder / "broadcasts" / "broadcast_000.json").is_file():
+            generate_broadcasts(folder, args.broadcasts, seed=int(seed), size=(width, height),
+                                dives_per_broadcast=args.dives, overwrite=True, progress=False, **SETTINGS[name])
+        results = []
+        for truth_json in sorted((folder / "broadcasts").glob("broadcast_*.json")):
+            n = truth_json.stem.split("_")[-1]
+            results.append(evaluate_broadcast(truth_json.with_suffix(".mp4"), truth_json,
+                                              truth_json.parent / f"start_list_{n}.csv", args.package, backend))
+        every += results
+        report["sets"][f"{name}:{seed}"] = summarise(results)
+    report["all"] = summarise(every)
+    report["spotter_ms_per_frame"] = spotter_cost_ms(args.package)
+    if args.ingest_1080p > 0:
+        report["ingest_1080p50"] = ingest_1080p(args.package, args.out, args.ingest_1080p, backend)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    keys = list(report["all"])
+    print(f"{'set':<22}" + "".join(f"{k[:14]:>15}" for k in keys))
+    for name, figures in [*report["sets"].items(), ("all", report["all"])]:
+        print(f"{name:<22}" + "".join(f"{figures[k]:>15.3f}" if isinstance(figures[k], float) else
+                                      f"{figures[k]:>15}" for k in keys))
+    print(f"spotter: {report['spotter_ms_per_frame']:.2f} ms/frame (median, onnxruntime CPU)")
+    if "ingest_1080p50" in report:
+        print("ingest 1080p50 + spotter:", json.dumps(report["ingest_1080p50"]))
+    print(f"report: {args.out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
