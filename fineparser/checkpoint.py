@@ -68,17 +68,24 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def save_checkpoint(path: str | Path, model: FineParser, trainer: Mapping[str, Any] | None = None,
-                    **extra: Any) -> Path:
-    """Save model config + weights (+ optional trainer state) atomically in our format."""
+def write_model_checkpoint(path: str | Path, model: Any, kind: str, version: int, config_key: str,
+                           trainer: Mapping[str, Any] | None = None, /, **extra: Any) -> Path:
+    """The plain dict every model of the toolkit is saved as (format, version, config, weights, trainer
+    state, extras), written atomically; `kind` and `config_key` tell the models apart."""
     model = getattr(model, "module", model)  # unwrap DDP
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+    payload = {"format": kind, "format_version": version, config_key: model.config.to_dict(),
                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if trainer is not None:
         payload["trainer"] = dict(trainer)
     payload.update(extra)
     atomic_torch_save(payload, path)
     return Path(path)
+
+
+def save_checkpoint(path: str | Path, model: FineParser, trainer: Mapping[str, Any] | None = None,
+                    **extra: Any) -> Path:
+    """Save model config + weights (+ optional trainer state) atomically in our format."""
+    return write_model_checkpoint(path, model, FORMAT, FORMAT_VERSION, "config", trainer, **extra)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -247,17 +247,10 @@ CHECKPOINT_VERSION = 1
 
 def save_spotter(path: str | Path, model: Spotter, trainer: dict[str, Any] | None = None, **extra: Any) -> Path:
     """Save config + weights (+ optional trainer state, metrics...) atomically: fineparser.checkpoint's plain dict."""
-    from fineparser.checkpoint import atomic_torch_save
+    from fineparser.checkpoint import write_model_checkpoint
 
-    model = getattr(model, "module", model)  # unwrap DDP
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-               "spotter_config": model.config.to_dict(),
-               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    if trainer is not None:
-        payload["trainer"] = dict(trainer)
-    payload.update(extra)
-    atomic_torch_save(payload, path)
-    return Path(path)
+    return write_model_checkpoint(path, model, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "spotter_config", trainer,
+                                  **extra)
 
 
 def read_spotter_checkpoint(path: str | Path) -> dict[str, Any]:
