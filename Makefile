@@ -38,7 +38,7 @@ demo-model: $(STAMP)
 SPOTTER_WORK ?= runs/demo-spotter
 demo-spotter: $(STAMP)
 	$(PY) -m synth --out $(SPOTTER_WORK)/data --dives 0 --broadcasts 30 --broadcast-size 320x180 --seed 0 --quiet --overwrite
-	$(PY) -m train --config configs/spotter_synthetic.yaml --data-root $(SPOTTER_WORK)/data --out $(SPOTTER_WORK)/run
+	$(PY) -m train --config configs/spotter_synthetic.yaml --data-root $(SPOTTER_WORK)/data --out $(SPOTTER_WORK)/run epochs=7
 	$(VENV)/bin/fineparser-export $(SPOTTER_WORK)/run/best.pt --add-spotter --out demo/package
 
 demo: $(STAMP)
