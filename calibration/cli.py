@@ -91,7 +91,8 @@ def _fp32_outputs(encoder: Path, frames: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def make_variant(precision: str, args: argparse.Namespace, package: Any, work: Path, calib: list, held_out: list,
-                 reference: Any, bank: Any, voter_number: int) -> tuple[dict[str, Any], dict[str, Path]]:
+                 reference: Any, bank: Any, voter_number: int,
+                 guess: Any = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write one variant's graphs into `work` and measure them; returns (manifest record, files)."""
     from calibration.drift import drift_report, run_variant
     from calibration.variants import FP32_OP_TYPES, make_fp16, make_int8
@@ -109,7 +110,8 @@ def make_variant(precision: str, args: argparse.Namespace, package: Any, work: P
         files = {"encoder": encoder}
         pair_head = package.pair_head_path
         report = drift_report("int8", reference,
-                              run_variant(encoder, pair_head, held_out, bank, voter_number, "int8 drift"), held_out)
+                              run_variant(encoder, pair_head, held_out, bank, voter_number, "int8 drift"), held_out,
+                              guess)
     else:
         calib_npz, pair_npz = work / "encoder_calib.npz", work / "pair_head_calib.npz"
         np.savez(calib_npz, **{ENCODER_INPUT: frames[:1]})
@@ -124,7 +126,7 @@ def make_variant(precision: str, args: argparse.Namespace, package: Any, work: P
                     "pair_head": make_fp16(package.pair_head_path, pair_head, pair_npz, fp32_op_types=fp32_ops)}
             report = drift_report("fp16", reference,
                                   run_variant(encoder, pair_head, held_out, bank, voter_number, "fp16 drift"),
-                                  held_out)
+                                  held_out, guess)
             if report.passed or attempt == 1:
                 break
             log.warning("fp16 attempt 1 missed its goals (%s): retrying with norms and softmax in fp32",
@@ -142,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     from calibration.drift import format_report, run_variant
     from calibration.variants import CalibrationError, modelopt_version
     from fineparser.data import DataError, DataPaths, FineDivingIndex
+    from fineparser.metrics import ConstantTransitionGuess
     from fineparser.package import PackageError, add_variant, load_package
+    from fineparser.spec import target_transitions
 
     precisions = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
     unknown = [p for p in precisions if p not in PRECISIONS]
@@ -185,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         held_out, hits = load_clips(index, spread_keys(index, index.test_keys, args.eval_clips), cache,
                                     "held-out clips")
         log.info("%d held-out clips from the test split (%d from the cache)", len(held_out), hits)
+        guess = ConstantTransitionGuess.fit([target_transitions(index.test_transitions(k)) for k in index.train_keys])
     except DataError as exc:
         raise CliError(f"error: {_one_line(exc)}", 2) from exc
     start = time.perf_counter()
@@ -197,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix=f".calibrate-{precision}-", dir=package.root) as tmp:
             try:
                 record, files = make_variant(precision, args, package, Path(tmp), calib, held_out, reference, bank,
-                                             voter_number)
+                                             voter_number, guess)
             except CalibrationError as exc:
                 log.error("%s: %s", precision, _one_line(exc))
                 failed.append(precision)

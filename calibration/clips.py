@@ -112,14 +112,7 @@ def load_clips(index: FineDivingIndex, keys: Sequence[SampleKey], cache_dir: Pat
             frames = sample.frames
             if path is not None:
                 _save_atomic(path, frames)
-        if sample is not None:
-            transitions = sample.transitions
-        else:
-            from fineparser.preprocess import sample_frame_indices, transitions_from_labels
-
-            files = index.clip_files(key)
-            numbers = sample_frame_indices(files.first, files.last, spec.NUM_FRAMES)
-            transitions = transitions_from_labels(info.frame_labels[numbers - files.first])
+        transitions = sample.transitions if sample is not None else index.test_transitions(key)
         clips.append(Clip(format_key(key), frames, info.dive_number, float(info.final_score),
                           np.asarray(transitions, dtype=np.int64)))
     return clips, hits

@@ -630,17 +630,21 @@ class FineDivingIndex:
             difficulty=info.difficulty,
         )
 
+    def test_transitions(self, key: SampleKey) -> np.ndarray:
+        """The reader transitions [2] of the key's test-mode 96 frames, from its labels (no decoding)."""
+        files = self.clip_files(key)
+        numbers = sample_frame_indices(files.first, files.last, spec.NUM_FRAMES)
+        try:
+            return transitions_from_labels(self.info(key).frame_labels[numbers - files.first])
+        except ValueError as exc:
+            raise DataError(str(exc), key=key, path=self.paths.annotation) from exc
+
     # ------------------------------------------------------------------ validation
 
     def _check_sample(self, key: SampleKey, *, deep: bool, with_masks: bool) -> None:
         """Validate one sample's files (and with deep, decode every JPEG)."""
         files = self.clip_files(key, with_masks=with_masks)
-        info = self.info(key)
-        numbers = sample_frame_indices(files.first, files.last, spec.NUM_FRAMES)
-        try:
-            transitions_from_labels(info.frame_labels[numbers - files.first])
-        except ValueError as exc:
-            raise DataError(str(exc), key=key, path=self.paths.annotation) from exc
+        self.test_transitions(key)
         if not deep:
             return
         shape = None

@@ -74,6 +74,46 @@ def aiou(pred_transitions, true_transitions, threshold: float) -> float:
     return float(np.mean(values >= threshold))
 
 
+def transition_errors(pred_transitions, true_transitions) -> dict[str, float]:
+    """Frame error of predicted transitions [N, 2] against true ones, both transitions pooled.
+
+    Keys: ``median`` (frames), ``within_1`` and ``within_2`` (share of transitions off by at most
+    1 and 2 frames), and per transition ``median_1`` / ``median_2``.  AIoU@0.5 is met by a fixed
+    guess on dives of similar shape; these figures are not.
+    """
+    p, t = np.asarray(pred_transitions, dtype=np.int64), np.asarray(true_transitions, dtype=np.int64)
+    if p.shape != t.shape or p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
+        raise ValueError(f"transition_errors needs two equal [N, 2] arrays with N >= 1, got {p.shape}, {t.shape}")
+    err = np.abs(p - t)
+    return {"median": float(np.median(err)), "within_1": float(np.mean(err <= 1)),
+            "within_2": float(np.mean(err <= 2)), "median_1": float(np.median(err[:, 0])),
+            "median_2": float(np.median(err[:, 1]))}
+
+
+@dataclass(frozen=True)
+class ConstantTransitionGuess:
+    """The trivial temporal parser: each transition at its median frame over a training split.
+
+    A clip is the whole dive resampled to 96 frames, so the median frame is the median relative
+    position in the dive.  A learned parser is judged against this, never against nothing.
+    """
+
+    first: int
+    second: int
+
+    @classmethod
+    def fit(cls, true_transitions) -> ConstantTransitionGuess:
+        t = np.asarray(true_transitions, dtype=np.float64).reshape(-1, 2)
+        if len(t) == 0:
+            raise ValueError("ConstantTransitionGuess.fit needs at least one clip's transitions")
+        first, second = np.median(t, axis=0)
+        return cls(int(np.rint(first)), int(np.rint(second)))
+
+    def predict(self, count: int) -> np.ndarray:
+        """[count, 2] int64: the same two frames for every clip."""
+        return np.tile(np.array([self.first, self.second], dtype=np.int64), (count, 1))
+
+
 @dataclass(frozen=True)
 class MaskCounts:
     """Pixel counts of some mask frames, and the sum of their per-frame recalls; `+` pools two sets."""

@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 
 from calibration import cli as calibrate_cli  # noqa: E402
 from calibration.clips import load_clips, spread_keys  # noqa: E402
-from calibration.drift import VariantRun, drift_report  # noqa: E402
+from calibration.drift import VariantRun, drift_report, format_report  # noqa: E402
 from calibration.variants import CalibrationError, percentile_cache  # noqa: E402
 from export.cli import main as export_main  # noqa: E402
 from fineparser.checkpoint import save_checkpoint  # noqa: E402
@@ -148,6 +148,26 @@ def test_drift_report_figures_and_goals():
     assert drift_report("fp16", reference, _run([50.1, 60, 70, 80], [[10, 80]] * 4), clips).passed  # mean 0.025
     fp16 = drift_report("fp16", reference, _run([50.4, 60, 70, 80], [[10, 80]] * 4), clips)  # mean 0.1
     assert not fp16.passed and "mean_abs_delta" in fp16.failures[0]
+
+
+def test_drift_report_gives_transitions_against_the_truth_and_the_constant_guess():
+    from calibration.clips import Clip
+    from fineparser.metrics import ConstantTransitionGuess
+
+    # Reader transitions [9, 79] are [10, 80] in the training convention.
+    clips = [Clip(f"c{i}", np.zeros((1,), np.uint8), "107b", s, np.array([9 + i, 79])) for i, s in
+             enumerate((50.0, 60.0, 70.0, 80.0))]
+    reference = _run([50, 60, 70, 80], [[10, 80], [11, 80], [12, 80], [13, 80]])  # exact
+    variant = _run([50, 60, 70, 80], [[10, 80], [11, 81], [12, 83], [13, 80]])
+    report = drift_report("int8", reference, variant, clips, ConstantTransitionGuess(10, 80))
+    truth = report.vs_truth
+    assert truth["fp32"]["median"] == 0 and truth["fp32"]["within_1"] == 1 and truth["fp32"]["aiou_75"] == 1
+    assert truth["variant"]["within_1"] == pytest.approx(7 / 8) and truth["variant"]["within_2"] == pytest.approx(7 / 8)
+    guess = truth["constant_guess"]  # errors 0 0 1 0 2 0 3 0
+    assert guess["median"] == 0
+    assert guess["within_1"] == pytest.approx(6 / 8) and guess["within_2"] == pytest.approx(7 / 8)
+    table = format_report([report])
+    assert "constant guess" in table and "transitions against the truth" in table
 
 
 def test_exactly_one_onnxruntime_is_installed():

@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from fineparser.metrics import (
+    ConstantTransitionGuess,
     MaskCounts,
     aiou,
     l2,
@@ -15,6 +16,7 @@ from fineparser.metrics import (
     score_metrics,
     spearman_rho,
     tiou,
+    transition_errors,
 )
 
 
@@ -40,6 +42,20 @@ def test_tiou_and_aiou():
     true = np.array([[10, 60], [30, 70], [20, 30]])
     assert aiou(pred, true, 0.5) == pytest.approx(1 / 3)
     assert aiou(pred, true, 0.3) == pytest.approx(2 / 3)
+
+
+def test_transition_errors_pool_both_transitions_and_the_guess_is_the_train_median():
+    pred = np.array([[10, 60], [12, 58], [20, 70]])
+    true = np.array([[10, 61], [10, 60], [10, 60]])
+    e = transition_errors(pred, true)  # errors 0, 1, 2, 2, 10, 10
+    assert e["median"] == pytest.approx(2.0)
+    assert e["within_1"] == pytest.approx(2 / 6) and e["within_2"] == pytest.approx(4 / 6)
+    assert e["median_1"] == pytest.approx(2.0) and e["median_2"] == pytest.approx(2.0)
+    guess = ConstantTransitionGuess.fit([[8, 60], [10, 64], [30, 61]])
+    assert (guess.first, guess.second) == (10, 61)
+    assert guess.predict(3).tolist() == [[10, 61]] * 3
+    with pytest.raises(ValueError, match="N, 2"):
+        transition_errors(pred[:, :1], true[:, :1])
 
 
 def test_mask_stats_threshold_is_probability_half():

@@ -40,6 +40,12 @@ class OptimConfig:
 
     lr: float = 1e-3
     lr_factor: float = 0.1
+    parser_lr_factor: float = 1.0
+    """The temporal parser (psnet_model) at lr x parser_lr_factor (1: the paper's single rate)."""
+    parser_refit_steps: int = 0
+    """Before each evaluation in training, fit the temporal parser for this many steps on the window features of
+    the training clips (encoder frozen, test-mode clips); 0: never (the paper)."""
+    parser_refit_lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_epochs: float = 5.0
     grad_clip: float = 0.0
@@ -52,6 +58,8 @@ class LossConfig:
     score: float = 1.0
     transition: float = 1.0
     mask: float = 1.0
+    transition_form: str = "listwise"
+    """Temporal parser loss: "paper" (per-frame BCE only) or "listwise" (BCE + argmax cross-entropy)."""
     class_weights: str | list[float] | None = None
     """Spotter cross-entropy weight per class (idle, approach, flight, entry, replay), or "balanced"."""
 
@@ -149,6 +157,12 @@ class TrainConfig:
             problems.append(f"eval_every must be an integer >= 1 or 'paper', got {self.eval_every!r}")
         if self.max_steps < 0:
             problems.append("max_steps must be >= 0 (0: no limit)")
+        o = self.optim
+        if o.parser_refit_steps < 0 or o.parser_refit_lr <= 0 or o.parser_lr_factor <= 0:
+            problems.append("optim.parser_refit_steps must be >= 0, optim.parser_refit_lr and "
+                            "optim.parser_lr_factor > 0")
+        if self.loss.transition_form not in ("paper", "listwise"):
+            problems.append(f"loss.transition_form must be 'paper' or 'listwise', got {self.loss.transition_form!r}")
         if self.task not in TASKS:
             problems.append(f"task must be {' or '.join(TASKS)}, got {self.task!r}")
         elif self.task == "spotter":

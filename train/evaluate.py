@@ -18,8 +18,16 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fineparser.data import TestDataset, clip_item
-from fineparser.metrics import MaskCounts, aiou, pairwise_mask_metrics, score_metrics
+from fineparser.data import FineDivingIndex, TestDataset, clip_item
+from fineparser.metrics import (
+    ConstantTransitionGuess,
+    MaskCounts,
+    aiou,
+    pairwise_mask_metrics,
+    score_metrics,
+    spearman_rho,
+    transition_errors,
+)
 from fineparser.model import FineParser, QueryFeatures, split_windows
 from fineparser.scoring import final_score
 from fineparser.spec import target_transitions
@@ -27,8 +35,8 @@ from train.config import PAPER_SCHEDULE
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = frozenset({"l2", "rl2_x100"})
-RANKED_METRICS = ("rho", "l2", "rl2_x100", "aiou_50", "aiou_75", *MaskCounts().summary(),
+LOWER_IS_BETTER = frozenset({"l2", "rl2_x100", "tr_median"})
+RANKED_METRICS = ("rho", "l2", "rl2_x100", "aiou_50", "aiou_75", "tr_median", "tr_within_2", *MaskCounts().summary(),
                   *pairwise_mask_metrics([]))
 """The metrics whose own best a run keeps (all higher-is-better except LOWER_IS_BETTER)."""
 
@@ -105,7 +113,7 @@ def evaluate(model: FineParser, dataset: TestDataset, device: torch.device, *, r
     mine = list(range(rank, count, world))
     cache: dict[str, QueryFeatures] = {}
     exemplar_masks: dict[str, MaskCounts] = {}
-    preds, trues, pred_tr, true_tr = [], [], [], []
+    preds, trues, pred_tr, true_tr, means = [], [], [], [], []
     query_masks, pair_masks = MaskCounts(), []
     index = dataset.index
 
@@ -136,13 +144,14 @@ def evaluate(model: FineParser, dataset: TestDataset, device: torch.device, *, r
         scores = torch.tensor([index.info(k).final_score for k in exemplar_keys], device=device)
         preds.append(float(final_score(scores, out.delta.float())))
         trues.append(float(sample.final_score))
+        means.append(float(scores.float().mean()))
         pred_tr.append(query.transitions[0].cpu().numpy())
         true_tr.append(target_transitions(sample.transitions))
         if with_masks:
             counts = _mask_counts(query, item)
             query_masks = query_masks + counts
             pair_masks.extend(counts + exemplar_masks[str(k)] for k in exemplar_keys)
-    stats = (preds, trues, pred_tr, true_tr, query_masks, pair_masks)
+    stats = (preds, trues, pred_tr, true_tr, query_masks, pair_masks, means)
     if world > 1:
         gathered: list = [None] * world
         dist.all_gather_object(gathered, stats)
@@ -156,12 +165,35 @@ def evaluate(model: FineParser, dataset: TestDataset, device: torch.device, *, r
                                                                    "rl2_x100": float("nan")}
     result.update({"aiou_50": aiou(pred_tr, true_tr, 0.5), "aiou_75": aiou(pred_tr, true_tr, 0.75),
                    "eval_dives": len(preds)})
+    if len(preds) >= 2:
+        means = [m for g in gathered for m in g[6]]
+        result["baseline_rho"] = spearman_rho(means, trues)  # the exemplar-mean guess: rho must beat it
+    result.update(transition_report(pred_tr, true_tr, index))
     if with_masks:
         pooled = MaskCounts()
         for g in gathered:
             pooled = pooled + g[4]
         result.update(pooled.summary())
         result.update(pairwise_mask_metrics([p for g in gathered for p in g[5]]))
+    return result
+
+
+def transition_report(pred_tr: np.ndarray, true_tr: np.ndarray, index: FineDivingIndex) -> dict[str, float]:
+    """Transition error of the predictions and of the constant guess fitted on the training split.
+
+    Keys: tr_median, tr_within_1, tr_within_2 (frames of the 96, both transitions pooled) and the
+    same with guess_ for `ConstantTransitionGuess`, plus guess_aiou_75.  Empty without predictions.
+    """
+    if len(pred_tr) == 0:
+        return {}
+    result = {f"tr_{k}": v for k, v in transition_errors(pred_tr, true_tr).items()
+              if k in ("median", "within_1", "within_2")}
+    train = [target_transitions(index.test_transitions(key)) for key in index.train_keys]
+    if train:
+        guess = ConstantTransitionGuess.fit(train).predict(len(true_tr))
+        result.update({f"guess_tr_{k}": v for k, v in transition_errors(guess, true_tr).items()
+                       if k in ("median", "within_1", "within_2")})
+        result["guess_aiou_75"] = aiou(guess, true_tr, 0.75)
     return result
 
 

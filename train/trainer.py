@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from fineparser.checkpoint import (
 )
 from fineparser.data import DataPaths, FineDivingIndex, PairDataset, TestDataset
 from fineparser.model import FineParser, PairForward, split_windows
+from fineparser.preprocess import normalize_clip
 from fineparser.spec import NUM_FRAMES, target_transitions
 from train.config import TrainConfig
 from train.evaluate import eval_due, evaluate, format_best_table, update_best
@@ -242,6 +244,33 @@ def training_transitions(batch: dict) -> int:
     return clamped
 
 
+def transition_loss(probs: torch.Tensor, transitions: torch.Tensor, form: str = "listwise") -> torch.Tensor:
+    """Loss of the temporal parser's probabilities [N, 96, 2] against target frames [N, 2].
+
+    ``paper``: the per-frame BCE of the reference code (one positive among 96 per column).
+    ``listwise``: that BCE plus, per transition, the cross-entropy of the probabilities normalised
+    over the half of the clip that `transitions_from_probs` reads (rows 0..47, 48..95), so the loss
+    is about which frame wins the argmax.  With one positive among 96, BCE alone is lowest when every
+    probability is near 1/96 and teaches little more than the prior (docs/train.md, "Temporal parser").
+    """
+    probs = probs.float().clamp(1e-7, 1 - 1e-7)
+    target = torch.zeros_like(probs)
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    target[rows, transitions[:, 0], 0] = 1.0
+    target[rows, transitions[:, 1], 1] = 1.0
+    bce = F.binary_cross_entropy(probs, target)
+    if form == "paper":
+        return bce
+    if form != "listwise":
+        raise ValueError(f"unknown transition loss form {form!r}; known: paper, listwise")
+    half = probs.shape[1] // 2
+    first = probs[:, :half, 0]
+    second = probs[:, half:, 1]
+    ce_1 = -(first[rows, transitions[:, 0].clamp(0, half - 1)].log() - first.sum(1).log())
+    ce_2 = -(second[rows, (transitions[:, 1] - half).clamp(0, half - 1)].log() - second.sum(1).log())
+    return bce + (ce_1 + ce_2).mean() / 2
+
+
 def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: bool) -> dict[str, torch.Tensor]:
     """The paper's objective: score MSE both ways + transition BCE + focal loss on 5 mask maps."""
     q, e = batch["query"], batch["exemplar"]
@@ -249,11 +278,7 @@ def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: b
     score = F.mse_loss(out.delta_12.float(), sq - se) + F.mse_loss(out.delta_21.float(), se - sq)
     # Targets are in the paper's convention and inside the clip already (training_transitions).
     transitions = torch.cat([q["transitions"], e["transitions"]]).long()
-    target = torch.zeros_like(out.transition_probs, dtype=torch.float32)
-    rows = torch.arange(target.shape[0], device=target.device)
-    target[rows, transitions[:, 0], 0] = 1.0
-    target[rows, transitions[:, 1], 1] = 1.0
-    transition = F.binary_cross_entropy(out.transition_probs.float().clamp(1e-7, 1 - 1e-7), target)
+    transition = transition_loss(out.transition_probs, transitions, cfg.loss.transition_form)
     losses = {"score": score, "transition": transition}
     total = cfg.loss.score * score + cfg.loss.transition * transition
     if use_masks and out.mask_logits is not None:
@@ -325,6 +350,8 @@ class FineParserTask(Task):
         self.use_masks = resolve_use_masks(cfg, self.index.paths, training=eval_only is None)
         self.test_set = TestDataset(self.index, seed=cfg.seed, with_masks=False)
         self.find_unused_parameters = not self.use_masks
+        self.eval_only = eval_only is not None
+        self._refit_clips: list[tuple[np.ndarray, np.ndarray]] | None = None  # train clips for refit_parser
 
     def build_model(self) -> FineParser:
         model = FineParser(self.config)
@@ -339,10 +366,12 @@ class FineParserTask(Task):
 
     def param_groups(self, model: FineParser) -> list[dict[str, Any]]:
         backbone = list(model.base_model.parameters())
-        backbone_ids = {id(p) for p in backbone}
-        rest = [p for p in model.parameters() if id(p) not in backbone_ids]
+        parser = list(model.psnet_model.parameters())
+        taken = {id(p) for p in backbone + parser}
+        rest = [p for p in model.parameters() if id(p) not in taken]
         o = self.cfg.optim
-        return [{"params": backbone, "lr": o.lr * o.lr_factor}, {"params": rest, "lr": o.lr}]
+        return [{"params": backbone, "lr": o.lr * o.lr_factor}, {"params": parser, "lr": o.lr * o.parser_lr_factor},
+                {"params": rest, "lr": o.lr}]
 
     def train_mode(self, model: FineParser) -> None:
         model.train()
@@ -364,13 +393,80 @@ class FineParserTask(Task):
     def evaluate(self, model: FineParser, amp_dtype: torch.dtype | None, progress: bool) -> dict[str, Any]:
         # The metrics say how many voters they were measured with (best.pt carries them to the package).
         w = self.worker
-        return {**evaluate(model, self.test_set, w.device, rank=w.rank, world=w.world,
+        refit = {}
+        if self.cfg.optim.parser_refit_steps > 0 and not self.eval_only:
+            refit = self.refit_parser(model, progress)
+        return {**refit, **evaluate(model, self.test_set, w.device, rank=w.rank, world=w.world,
                            max_queries=self.cfg.eval_max_queries, with_masks=self.use_masks, amp_dtype=amp_dtype,
                            progress=progress), "voter_number": self.test_set.voter_number}
 
+    def refit_parser(self, model: FineParser, progress: bool) -> dict[str, float]:
+        """Fit a fresh temporal parser on the frozen encoder's window features of the training clips.
+
+        The parser (a few thousand parameters) needs thousands of steps to read transitions that the window
+        features carry; a short joint run gives it a few hundred, so it learns little more than the prior
+        (docs/train.md, "Temporal parser").  Here it gets `optim.parser_refit_steps` steps of 8 clips on
+        cached features, which costs seconds once the clips are encoded.  Every rank computes the same fit;
+        rank 0's result is broadcast so the replicas stay identical.  Returns the loss on those clips before and
+        after (parser in eval mode both times).
+        """
+        o, device = self.cfg.optim, self.worker.device
+        if self._refit_clips is None:
+            keys = list(self.index.train_keys)
+            bar = tqdm(keys, desc="parser refit: clips", unit="clip", disable=not progress, leave=False)
+            self._refit_clips = [(self.index.load_clip(k, train=False).frames,
+                                  np.minimum(target_transitions(self.index.test_transitions(k)), NUM_FRAMES - 1))
+                                 for k in bar]
+        model.eval()
+        with torch.no_grad():
+            features = torch.cat([model.window_features(
+                torch.from_numpy(normalize_clip(frames)).unsqueeze(0).to(device))[0].float()
+                for frames, _ in self._refit_clips])
+        targets = torch.from_numpy(np.stack([t for _, t in self._refit_clips])).long().to(device)
+        parser = model.psnet_model
+        form = self.cfg.loss.transition_form
+        parser.eval()
+        with torch.no_grad():
+            first = float(transition_loss(parser(features), targets, form))
+        # A fresh parser, seeded without touching the global RNG (exact resume): joint training may have driven
+        # its sigmoids into saturation, where the clamped probabilities pass no gradient and a fit would stall.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            for module in parser.modules():
+                if module is not parser and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        parser.to(device)
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        optimizer = torch.optim.Adam(parser.parameters(), lr=o.parser_refit_lr)
+        parser.train()
+        with torch.enable_grad():
+            for _ in range(o.parser_refit_steps):
+                pick = torch.randperm(len(features), generator=generator)[:8].to(device)
+                loss = transition_loss(parser(features[pick]), targets[pick], form)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        parser.eval()
+        with torch.no_grad():
+            last = float(transition_loss(parser(features), targets, form))
+        if self.worker.world > 1:
+            for tensor in [*parser.parameters(), *parser.buffers()]:
+                dist.broadcast(tensor.data, 0)
+        if self.worker.main:
+            log.info("parser refit: %d steps on %d training clips, transition loss %.4f -> %.4f",
+                     o.parser_refit_steps, len(features), first, last)
+        return {"parser_refit_loss_before": first, "parser_refit_loss_after": last}
+
     def eval_line(self, m: dict[str, Any]) -> str:
-        return (f"({m['voter_number']} voters) rho {m['rho']:.4f}  L2 {m['l2']:.3f}  RL2x100 {m['rl2_x100']:.3f}  "
-                f"AIoU@0.5 {m['aiou_50']:.3f}  AIoU@0.75 {m['aiou_75']:.3f}")
+        line = (f"({m['voter_number']} voters) rho {m['rho']:.4f} "
+                f"(exemplar mean {m.get('baseline_rho', math.nan):.4f})  "
+                f"L2 {m['l2']:.3f}  RL2x100 {m['rl2_x100']:.3f}  AIoU@0.5 {m['aiou_50']:.3f}  "
+                f"AIoU@0.75 {m['aiou_75']:.3f} (constant guess {m.get('guess_aiou_75', math.nan):.3f})")
+        if "tr_median" in m:
+            line += (f"  transitions: median error {m['tr_median']:.1f} frames, {m['tr_within_2']:.0%} within 2 "
+                     f"(constant guess {m.get('guess_tr_median', math.nan):.1f}, "
+                     f"{m.get('guess_tr_within_2', math.nan):.0%})")
+        return line
 
     def describe(self) -> dict[str, Any]:
         return {"model": f"FineParser {self.cfg.model.get('preset')}", "test_dives": len(self.test_set),
