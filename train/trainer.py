@@ -403,7 +403,7 @@ class FineParserTask(Task):
     def refit_parser(self, model: FineParser, progress: bool) -> dict[str, float]:
         """Fit a fresh temporal parser on the frozen encoder's window features of the training clips.
 
-        The parser (a few thousand parameters) needs thousands of steps to read transitions that the window
+        The parser (112k parameters in `tiny`) needs thousands of steps to read transitions that the window
         features carry; a short joint run gives it a few hundred, so it learns little more than the prior
         (docs/train.md, "Temporal parser").  Here it gets `optim.parser_refit_steps` steps of 8 clips on
         cached features, which costs seconds once the clips are encoded.  Every rank computes the same fit;
