@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,9 @@ from jsonschema import Draft202012Validator
 from fineparser.package import ExemplarBank, write_manifest
 from runtime.cli import LiveOptions, run_live
 from runtime.events import EventBus, JsonLinesSink
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from standin_backend import StandInBackend  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "docs" / "events.schema.json"
@@ -180,31 +184,6 @@ def package(tmp_path_factory) -> Path:
                           "bank": {"status": "bank", "file": "bank.npz", "binary": "bank.bin"}, "engines": []},
                    ["bank.npz", "bank.bin"])
     return root
-
-
-class StandInBackend:
-    """Encoder and pair head outputs of the right shapes; `delay` seconds per encode of a real clip."""
-
-    name = "stand-in"
-    description = "stand-in (tests/test_events.py)"
-    has_masks = False
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-
-    def encode(self, frames: np.ndarray, with_masks: bool = False) -> dict[str, np.ndarray]:
-        if self.delay and frames.any():
-            time.sleep(self.delay)
-        return {"window_features": np.zeros((1, 9, 16), np.float32), "transitions": np.array([[30, 70]]),
-                "transition_probs": np.zeros((1, 96, 2), np.float32), "static_tokens": np.zeros((1, 12, 8), np.float32)}
-
-    def pair_head(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        k = len(feeds["exemplar_transitions"])
-        delta = np.linspace(-1, 1, k).astype(np.float32)
-        return delta, delta[:, None] * np.float32([0.3, 0.5, 0.2])
-
-    def close(self) -> None:
-        pass
 
 
 def frames_folder(folder: Path, count: int, corrupt: int | None = None) -> Path:

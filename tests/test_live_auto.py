@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ from fineparser.spotter_spec import CLASS_NAMES, SPOTTER_FILE, SpotterSpec
 from runtime.cli import LiveOptions, main, run_live
 from runtime.events import EventBus, TableSink
 from runtime.segments import DiveStateMachine, OperatorSegmenter, PhaseChange, SegmentEvent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from standin_backend import StandInBackend  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "docs" / "events.schema.json"
@@ -140,26 +144,6 @@ def programme(path: Path, frame_labels: list[str], fps: float = FPS, size: tuple
         writer.write(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
-
-
-class StandInBackend:
-    """Encoder and pair head outputs of the right shapes (the scoring itself is tested elsewhere)."""
-
-    name = "stand-in"
-    description = "stand-in (tests/test_live_auto.py)"
-    has_masks = False
-
-    def encode(self, frames: np.ndarray, with_masks: bool = False) -> dict[str, np.ndarray]:
-        return {"window_features": np.zeros((1, 9, 16), np.float32), "transitions": np.array([[30, 70]]),
-                "transition_probs": np.zeros((1, 96, 2), np.float32), "static_tokens": np.zeros((1, 12, 8), np.float32)}
-
-    def pair_head(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        k = len(feeds["exemplar_transitions"])
-        delta = np.linspace(-1, 1, k).astype(np.float32)
-        return delta, delta[:, None] * np.float32([0.3, 0.5, 0.2])
-
-    def close(self) -> None:
-        pass
 
 
 def collect(bus: EventBus) -> list[dict]:
