@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fineparser.broadcast_labels import read_broadcast_labels  # noqa: E402
+from fineparser.metrics import match_detections  # noqa: E402
 from fineparser.package import load_package  # noqa: E402
 from fineparser.spotter_spec import CLASS_NAMES, IDLE  # noqa: E402
 from runtime.backends import load_backend  # noqa: E402
@@ -49,12 +50,6 @@ def _spearman(a: list[float], b: list[float]) -> float:
         return float("nan")
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _tiou(a: tuple[float, float], b: tuple[float, float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
 
 
 def _session(video: Path, package: Path, backend, segment: str | None, start_list: Path | None) -> list[dict]:
@@ -104,14 +99,10 @@ def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package:
     auto_scores = {e["dive"]: e for e in auto if e["type"] == "score"}
     true_scores = {e["dive"]: e for e in timed if e["type"] == "score"}
     detected = [(e["start_s"], e["end_s"], e["dive"]) for e in ends.values()]
-    matched: dict[int, int] = {}  # true dive index (0-based) -> detected dive number
-    for i, span in enumerate(live):
-        best = max(((d, _tiou(span, (s, t))) for s, t, d in detected if d not in matched.values()),
-                   key=lambda x: x[1], default=(None, 0.0))
-        if best[0] is not None and best[1] >= 0.5:
-            matched[i] = best[0]
+    # true dive index (0-based) -> detected dive number
+    matched = {i: detected[j][2] for i, j in match_detections(live, [(s, t) for s, t, _ in detected]).items()}
     false_dives = [d for s, t, d in detected if d not in matched.values()]
-    on_replay = sum(1 for s, t, d in detected if d in false_dives and any(_tiou((s, t), r) > 0 for r in replays))
+    on_replay = sum(1 for s, t, d in detected if d in false_dives and any(min(t, b) > max(s, a) for a, b in replays))
     rows = []
     for i, dive_id in matched.items():
         start_true, end_true = live[i]

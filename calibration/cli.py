@@ -3,6 +3,8 @@
     fineparser-calibrate demo/package --data-root data/synth [--precision fp16,int8]
         [--method entropy|percentile|max] [--clips 32] [--eval-clips 0] [--cache-dir DIR] [--engine]
     fineparser-calibrate demo/package --engine [--dry-run]    # TensorRT engines of the variants present
+    fineparser-calibrate demo/package --segmenter --data-root BROADCASTS    # tune --segment auto's decisions
+    fineparser-calibrate demo/package --spotter --data-root BROADCASTS [--precision fp16,int8]   # spotter variants
 
 Exit status: 0 every variant met its goals and was recorded (and its engines built); 1 a variant
 missed its goals (not recorded unless --accept-drift) or an engine build failed; 2 bad arguments,
@@ -47,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="FineDiving-layout data root: train split calibrates, test split measures drift "
                              "(required unless --engine only builds engines for the variants present)")
     parser.add_argument("--precision", default="fp16,int8", help="variants to make (default: fp16,int8)")
-    parser.add_argument("--method", choices=METHODS, default="entropy",
-                        help="INT8 activation ranges (default: entropy)")
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="INT8 activation ranges (default: entropy; max for --spotter)")
     parser.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
     parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
                         help="calibration clips from the train split, spread over dive numbers "
@@ -68,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "+ GPU); without --data-root, only that")
     parser.add_argument("--dry-run", action="store_true",
                         help="with --engine: print the engine plan and stop (nothing calibrated or built)")
+    parser.add_argument("--spotter", action="store_true",
+                        help="instead: FP16/INT8 variants of the package's spotter, calibrated and measured on the "
+                             "annotated broadcasts under --data-root (not those the spotter trained on)")
+    parser.add_argument("--segmenter", action="store_true",
+                        help="instead: tune the spotter's thresholds and the auto segmenter's holds on the annotated "
+                             "broadcasts under --data-root (not those the spotter trained on) and record them")
     return parser
 
 
@@ -104,7 +112,7 @@ def make_variant(precision: str, args: argparse.Namespace, package: Any, work: P
     if precision == "int8":
         encoder = work / VARIANT_FILES["int8"]["encoder"]
         log.info("int8: ModelOpt PTQ of %s on %d clips (%s)", package.encoder_path.name, len(calib), args.method)
-        info = {"encoder": make_int8(package.encoder_path, encoder, ENCODER_INPUT, frames, method=args.method,
+        info = {"encoder": make_int8(package.encoder_path, encoder, {ENCODER_INPUT: frames}, method=args.method,
                                      percentile=args.percentile, high_precision=args.int8_high_precision),
                 "pair_head": {"precision": "fp32", "why": "0.1% of the compute; kept exact"}}
         files = {"encoder": encoder}
@@ -148,11 +156,16 @@ def run(args: argparse.Namespace) -> int:
     from fineparser.package import PackageError, add_variant, load_package
     from fineparser.spec import target_transitions
 
+    if args.segmenter:
+        return _segmenter(args)
     precisions = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise CliError(f"error: --precision {args.precision}: unknown {', '.join(unknown) or '(none given)'} "
                        f"(known: {', '.join(PRECISIONS)})", 2)
+    if args.spotter:
+        return _spotter(args, precisions)
+    args.method = args.method or "entropy"
     if args.dry_run and not args.engine:
         raise CliError("error: --dry-run prints the TensorRT engine plan: give it with --engine", 2)
     if args.data_root is None and not args.engine:
@@ -255,6 +268,54 @@ def _as_report(drift: dict[str, Any]) -> Any:
     from calibration.drift import DriftReport
 
     return DriftReport(**drift)
+
+
+def _broadcasts_error(args: argparse.Namespace, flag: str) -> None:
+    if args.data_root is None:
+        raise CliError(f"error: {flag} needs --data-root: a folder of annotated broadcasts the spotter did not "
+                       "train on (fineparser-synth --broadcasts N with a new --seed writes some)", 2)
+
+
+def _spotter(args: argparse.Namespace, precisions: list[str]) -> int:
+    """--spotter: FP16/INT8 variants of the package's spotter (calibration/spotter_variants.py)."""
+    from calibration.spotter_variants import format_records
+    from calibration.spotter_variants import run as spotter_variants
+    from calibration.variants import CalibrationError, modelopt_version
+    from fineparser.package import PackageError
+    from runtime.spotter import SpotterError
+    from train.spotter_data import SpotterDataError
+
+    _broadcasts_error(args, "--spotter")
+    try:
+        modelopt_version()
+    except CalibrationError as exc:
+        raise CliError(f"error: {_one_line(exc)}", 3) from exc
+    try:
+        records = spotter_variants(args.package, args.data_root, precisions, method=args.method,
+                                   accept_drift=args.accept_drift)
+    except (PackageError, SpotterError, SpotterDataError, CalibrationError) as exc:
+        raise CliError(f"error: {_one_line(exc)}", 2) from exc
+    print(format_records(records))
+    return 0 if all(r["drift"]["passed"] for r in records.values()) else 1
+
+
+def _segmenter(args: argparse.Namespace) -> int:
+    """--segmenter: tune and record the auto segmenter's settings (calibration/segmenter.py)."""
+    from calibration.segmenter import format_record
+    from calibration.segmenter import run as tune_segmenter
+    from fineparser.package import PackageError
+    from runtime.spotter import SpotterError
+    from train.spotter_data import SpotterDataError
+
+    _broadcasts_error(args, "--segmenter")
+    try:
+        record = tune_segmenter(args.package, args.data_root)
+    except (PackageError, SpotterError, SpotterDataError) as exc:
+        raise CliError(f"error: {_one_line(exc)}", 2) from exc
+    print(format_record(record))
+    log.info("recorded the tuned settings in %s/manifest.json (spotter.spec.thresholds, spotter.segmenter)",
+             args.package)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

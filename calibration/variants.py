@@ -21,7 +21,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,23 +100,24 @@ def _precision_counts(model: Any) -> dict[str, int]:
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over a stack of clips (one clip per batch)."""
+    """onnxruntime CalibrationDataReader over stacked inputs (one row of each per batch)."""
 
-    def __init__(self, name: str, frames: np.ndarray) -> None:
-        self.name, self.frames, self.i = name, frames, 0
+    def __init__(self, inputs: Mapping[str, np.ndarray]) -> None:
+        self.inputs, self.i = dict(inputs), 0
+        self.count = min(len(v) for v in self.inputs.values())
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i >= len(self.frames):
+        if self.i >= self.count:
             return None
         self.i += 1
-        return {self.name: self.frames[self.i - 1 : self.i]}
+        return {name: value[self.i - 1 : self.i] for name, value in self.inputs.items()}
 
     def rewind(self) -> None:
         self.i = 0
 
 
-def percentile_cache(src: Path, input_name: str, frames: np.ndarray, percentile: float, path: Path) -> int:
-    """Percentile activation ranges of `src` on `frames`, written as a TensorRT calibration cache.
+def percentile_cache(src: Path, inputs: Mapping[str, np.ndarray], percentile: float, path: Path) -> int:
+    """Percentile activation ranges of `src` on `inputs` (name -> rows, one per batch), as a TensorRT calibration cache.
 
     Each line is ``tensor: hex(big-endian float32 scale)`` with scale = amax / 127, the format
     TensorRT and ModelOpt read.  Returns the number of tensors.
@@ -134,7 +135,7 @@ def percentile_cache(src: Path, input_name: str, frames: np.ndarray, percentile:
         calibrator = create_calibrator(str(inferred), nodes, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.Percentile,
                                        extra_options={"percentile": percentile, "symmetric": True})
-        calibrator.collect_data(_Reader(input_name, frames))
+        calibrator.collect_data(_Reader(inputs))
         ranges = calibrator.compute_data()
     lines = ["TRT-10000-EntropyCalibration2"]
     for name, value in sorted(ranges.data.items()):
@@ -145,10 +146,11 @@ def percentile_cache(src: Path, input_name: str, frames: np.ndarray, percentile:
     return len(lines) - 1
 
 
-def make_int8(src: Path, dst: Path, input_name: str, frames: np.ndarray, *, method: str = "entropy",
+def make_int8(src: Path, dst: Path, inputs: Mapping[str, np.ndarray], *, method: str = "entropy",
               percentile: float = 99.99, high_precision: str = "fp32",
               exclude: Sequence[str] = INT8_EXCLUDE) -> dict[str, Any]:
-    """Quantize `src` to explicit INT8 Q/DQ at `dst`, calibrated on `frames` [N, 96, 112, 112, 3] uint8."""
+    """Quantize `src` to explicit INT8 Q/DQ at `dst`, calibrated on `inputs`: every graph input by name, N rows
+    each (the encoder: {"frames": uint8 [N, 96, 112, 112, 3]}; the spotter: frames and the states fed with them)."""
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r} (known: {', '.join(METHODS)})")
     if high_precision not in ("fp16", "fp32"):
@@ -158,7 +160,8 @@ def make_int8(src: Path, dst: Path, input_name: str, frames: np.ndarray, *, meth
 
     _quiet_modelopt()
     info: dict[str, Any] = {"tool": "modelopt.onnx.quantization", "mode": "int8", "method": method,
-                            "calibration_clips": int(len(frames)), "high_precision": high_precision,
+                            "calibration_clips": int(min(len(v) for v in inputs.values())),
+                            "high_precision": high_precision,
                             "format": "explicit QuantizeLinear/DequantizeLinear on activations; int8 weight "
                                       "initializers with DequantizeLinear", "excluded_nodes": list(exclude)}
     # The work directory sits beside dst so the finished file is renamed, never copied, into place.
@@ -168,10 +171,10 @@ def make_int8(src: Path, dst: Path, input_name: str, frames: np.ndarray, *, meth
         if method == "percentile":
             cache = Path(tmp) / "percentile.cache"
             info["percentile"] = percentile
-            info["calibrated_tensors"] = percentile_cache(source, input_name, frames, percentile, cache)
+            info["calibrated_tensors"] = percentile_cache(source, inputs, percentile, cache)
         out = Path(tmp) / "int8.onnx"
         try:
-            quantize(str(source), quantize_mode="int8", calibration_data={input_name: frames},
+            quantize(str(source), quantize_mode="int8", calibration_data=dict(inputs),
                      calibration_method="max" if method == "max" else "entropy",
                      calibration_cache_path=str(cache) if cache else None, calibration_eps=["cpu"],
                      nodes_to_exclude=list(exclude) or None, dq_only=True,

@@ -123,17 +123,23 @@ def profile_shapes(inputs: Mapping[str, Sequence[int | str]], k_profile: tuple[i
 
 
 def graph_files(manifest: Mapping[str, Any], precision: str) -> dict[str, str]:
-    """{graph: ONNX file} a precision builds: fp32 every graph (and the spotter); a variant its own files."""
+    """{graph: ONNX file} a precision builds: fp32 every graph (and the spotter); a variant its own files, and the
+    spotter's variant of that precision when ``manifest["spotter"]["variants"]`` records one."""
     if precision == "fp32":
         files = {name: str(g["file"]) for name, g in (manifest.get("graphs") or {}).items()}
         spotter = manifest.get(SPOTTER_GRAPH)
         if isinstance(spotter, Mapping) and spotter.get("file"):
             files[SPOTTER_GRAPH] = str(spotter["file"])
         return files
+    files = {}
     for variant in manifest.get("variants", []) or []:
         if variant.get("name") == precision:
-            return {str(g): str(f) for g, f in (variant.get("files") or {}).items()}
-    return {}
+            files = {str(g): str(f) for g, f in (variant.get("files") or {}).items()}
+    spotter = manifest.get(SPOTTER_GRAPH)
+    recorded = (spotter.get("variants") or {}).get(precision) if isinstance(spotter, Mapping) else None
+    if files and isinstance(recorded, Mapping) and recorded.get("file"):
+        files[SPOTTER_GRAPH] = str(recorded["file"])  # fineparser-calibrate --spotter
+    return files
 
 
 def present_precisions(manifest: Mapping[str, Any]) -> list[str]:

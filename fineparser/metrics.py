@@ -68,6 +68,28 @@ def tiou(pred_segment, true_segment) -> np.ndarray:
     return inter / (union + np.finfo(np.float64).eps)
 
 
+DETECTION_TIOU = 0.5
+"""Temporal IoU at which a detected dive counts as finding a true one (bench_spotter, segmenter tuning)."""
+
+
+def match_detections(truth, detected, min_tiou: float = DETECTION_TIOU) -> dict[int, int]:
+    """One-to-one matching of detected [start, end] spans to true ones: {true index: detected index}.
+
+    In order of the true spans, each takes the not yet matched detection of highest temporal IoU,
+    when that IoU reaches `min_tiou`.  Unmatched true spans are missed dives, unmatched detections false ones.
+    """
+    matched: dict[int, int] = {}
+    for i, span in enumerate(truth):
+        free = [j for j in range(len(detected)) if j not in matched.values()]
+        if not free:
+            break
+        overlaps = tiou(np.asarray([detected[j] for j in free], dtype=np.float64), np.asarray(span, dtype=np.float64))
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= min_tiou:
+            matched[i] = free[best]
+    return matched
+
+
 def aiou(pred_transitions, true_transitions, threshold: float) -> float:
     """Fraction of dives whose transition segment has tIoU >= threshold (AIoU@threshold)."""
     values = tiou(pred_transitions, true_transitions)

@@ -46,12 +46,15 @@ MAX_LOOKAHEAD = 8
 DEFAULT_LOOKAHEAD = 4
 """Default look-ahead: 160 ms at 25 fps, enough to see a take-off leave the board."""
 
-DEFAULT_THRESHOLDS = {"live_enter": 0.6, "live_exit": 0.3, "replay_enter": 0.6}
+DEFAULT_THRESHOLDS = {"live_enter": 0.6, "live_exit": 0.3, "replay_enter": 0.6, "live_back": 0.6}
 """Decision thresholds of the segmenter's hysteresis on the spotter's probabilities.
 
 live_enter: a dive starts when P(approach) + P(flight) + P(entry) reaches this;
 live_exit: a started dive ends when that sum falls below this (live_exit <= live_enter);
-replay_enter: a frame counts as replay (never a new dive) when P(replay) reaches this.
+replay_enter: a frame counts as replay (never a new dive) when P(replay) reaches this;
+live_back: a started dive is dated back over the frames just before it whose P(live) reaches this
+(at most the segmenter's ``start_back_s``): the first frames of an approach look like the waiting diver,
+so the spotter is often sure of a dive only a few frames in.  At live_enter or above it changes nothing.
 """
 
 

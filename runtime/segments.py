@@ -355,13 +355,15 @@ def segment_summary(dives: list[Dive]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- auto: the spotter's state machine
 
-SPOTTER_DURATIONS_S = {"start_hold_s": 0.2, "phase_hold_s": 0.12, "end_hold_s": 0.4, "max_dive_s": 15.0}
+SPOTTER_DURATIONS_S = {"start_hold_s": 0.2, "phase_hold_s": 0.12, "end_hold_s": 0.4, "max_dive_s": 15.0,
+                       "start_back_s": 1.0}
 """Durations of the ``auto`` segmenter in seconds of stream (converted to frames with the stream's fps):
 
 start_hold_s: a live phase (approach, flight, entry) must hold this long before a dive starts;
 phase_hold_s: a change of phase (idle <-> replay; approach -> flight -> entry within a dive) must hold this long;
 end_hold_s: idle or replay must hold this long after the live phases before a dive ends;
-max_dive_s: a dive still live after this long is ended there.
+max_dive_s: a dive still live after this long is ended there;
+start_back_s: how far back a starting dive may be dated over frames with P(live) >= live_back.
 A package records its own in ``manifest["spotter"]["segmenter"]``; missing names take these defaults.
 """
 NO_ENTRY_REASON = "the spotter saw no entry before the dive's end"
@@ -416,7 +418,9 @@ class DiveStateMachine:
     - a frame is *replay* when P(replay) >= replay_enter; otherwise *live* when P(approach) + P(flight) +
       P(entry) >= live_enter (to start) or >= live_exit (to stay in a dive);
     - outside a dive, a dive starts when live frames hold for start_hold_s; it starts at the first of
-      them.  Replay frames are never live, so a replay never starts a dive;
+      them, or earlier: at the first of the frames just before them whose P(live) >= live_back (none a
+      replay frame, none before the current phase began, at most start_back_s back).  Replay frames are
+      never live, so a replay never starts a dive;
     - in a dive the phase is approach, flight or entry (the likeliest of the three), and only moves forward,
       after holding phase_hold_s; outside it is idle or replay, changing after phase_hold_s too;
     - a dive ends when non-live frames (idle or replay) hold for end_hold_s; it ends at the first of them
@@ -445,6 +449,7 @@ class DiveStateMachine:
         self._entry_seen = False
         self._armed = True  # False after a dive ended by max_dive_s, until a frame that is not live
         self._live_run: list[tuple[float, np.ndarray]] = []  # outside a dive: consecutive live frames
+        self._recent: deque[tuple[float, float]] = deque()  # outside a dive: (time, P(live) or -1 for replay)
         self._outside_run: list[Any] | None = None  # [target phase, first time, frames]
         self._advance_run: list[Any] | None = None  # in a dive: [phase index, first time, frames]
         self._end_run: list[tuple[float, bool]] = []  # in a dive: consecutive non-live frames (time, is replay)
@@ -497,6 +502,9 @@ class DiveStateMachine:
 
     def _outside(self, at: float, probs: np.ndarray, decided: float, events: list) -> None:
         replay, live_enter, _ = self._classify(probs)
+        self._recent.append((at, -1.0 if replay else float(sum(probs[i] for i in LIVE_CLASSES))))
+        while len(self._recent) > self.frames("start_back_s") + self.frames("start_hold_s"):
+            self._recent.popleft()
         self._armed = self._armed or not live_enter
         if live_enter and self._armed:
             self._live_run.append((at, probs))
@@ -521,6 +529,12 @@ class DiveStateMachine:
     def _start_dive(self, decided: float, events: list) -> None:
         run, self._live_run = self._live_run, []
         start, first = run[0]
+        before = list(self._recent)[:-len(run)]  # the frames just before the live run, oldest first
+        self._recent.clear()
+        for at, live in reversed(before[-self.frames("start_back_s"):]):
+            if live < self.thresholds["live_back"] or at < self._phase_since:
+                break
+            start = at
         self._count += 1
         self._dive = Dive(self._count, start, source="auto")
         self._entry_seen = False
@@ -578,6 +592,7 @@ class DiveStateMachine:
         if reason is not None and dive.incomplete_reason is None:
             dive.incomplete_reason = reason
         self._end_run, self._advance_run = [], None
+        self._recent.clear()
         events.append(SegmentEvent("end", dive))
         self._change("replay" if after and after[0][1] else "idle", end, decided, events, None)
         for at, replay in after[1:]:

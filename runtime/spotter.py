@@ -10,6 +10,7 @@ probabilities to ``runtime.segments.DiveStateMachine``; capture never waits for 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ class SpotterRunner:
     def __init__(self, path: Any, spec: SpotterSpec, providers: list[str] | None = None,
                  threads: int = SPOTTER_THREADS) -> None:
         self.spec = spec
+        self.path = Path(path)
         try:
             self.session = onnx_session(path, providers=providers, threads=threads)
         except OnnxSessionError as exc:

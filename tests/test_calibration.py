@@ -189,7 +189,7 @@ def test_percentile_ranges_are_a_cache_modelopt_reads(fresh_package, synth_root,
     index = FineDivingIndex(DataPaths.discover(synth_root), voter_number=2)
     clips, _ = load_clips(index, spread_keys(index, index.train_keys, 1), None)
     cache = tmp_path / "percentile.cache"
-    count = percentile_cache(package.encoder_path, "frames", np.stack([c.frames for c in clips]), 99.9, cache)
+    count = percentile_cache(package.encoder_path, {"frames": np.stack([c.frames for c in clips])}, 99.9, cache)
     scales = import_scales_from_calib_cache(str(cache))
     assert count == len(scales) > 50
     assert all(np.isfinite(v) and v > 0 for v in scales.values())

@@ -187,6 +187,24 @@ def test_durations_are_seconds_so_any_frame_rate_finds_the_same_dive():
     assert machine.frames("start_hold_s") == 10 and machine.frames("end_hold_s") == 20
 
 
+def test_a_dive_is_dated_back_over_the_unsure_frames_of_its_approach_but_never_over_a_replay():
+    unsure, sure = soft(approach=0.3), soft(approach=0.9)
+    # idle 0-19, an approach the spotter is unsure of 20-27, sure from 28: starts at 20 with live_back 0.25.
+    probs = [soft()] * 20 + [unsure] * 8 + [sure] * 20 + [soft()] * 20
+
+    def start(thresholds: dict, durations: dict | None = None, frames=probs) -> int:
+        machine = DiveStateMachine(fps=FPS, thresholds=thresholds, durations=durations)
+        events = [e for t, p in enumerate(frames) for e in machine.feed(t / FPS, p)]
+        return round(next(e.dive.start for e in events if isinstance(e, SegmentEvent)) * FPS)
+
+    assert start({}) == 28  # the default live_back (= live_enter) dates nothing back
+    assert start({"live_back": 0.25}) == 20
+    assert start({"live_back": 0.25}, {"start_back_s": 0.12}) == 25  # at most 3 frames back
+    # A replay (or the start of the phase before it) bounds the way back.
+    after_replay = [soft()] * 10 + [soft(replay=0.9)] * 10 + [unsure] * 8 + [sure] * 20
+    assert start({"live_back": 0.25}, frames=after_replay) == 20
+
+
 def test_a_replay_never_starts_a_dive():
     replay = np.array([0.0, 0.1, 0.2, 0.1, 0.6])  # P(live) 0.4: above the low live_enter below
     machine = DiveStateMachine(fps=FPS, thresholds={"live_enter": 0.35, "live_exit": 0.2})
@@ -493,3 +511,122 @@ def test_operator_keys_correct_dive_numbers():
     segmenter.read_keys(keys, dive_number=lambda *args: calls.append(args) or {}).join(timeout=5)
     assert calls == [(2, "107B", None), (3, None, 1)]
     assert segmenter.feed(0.0)[0].kind == "start"  # 's' still starts a dive
+
+
+# --------------------------------------------------------------------------- fineparser-calibrate --segmenter
+
+
+def soft(**probs: float) -> np.ndarray:
+    """Class probabilities by name, the rest idle."""
+    out = np.zeros(len(CLASS_NAMES))
+    for name, p in probs.items():
+        out[CLASS_NAMES.index(name)] = p
+    out[CLASS_NAMES.index("idle")] += 1 - out.sum()
+    return out
+
+
+def test_tuning_finds_thresholds_that_detect_every_dive_and_no_replay_where_the_defaults_fail():
+    from calibration.segmenter import Recording, figures, tune
+    from fineparser.spotter_spec import DEFAULT_THRESHOLDS
+    from runtime.segments import SPOTTER_DURATIONS_S
+
+    # An unsure spotter: live dives reach P(live) 0.56 only (below live_enter 0.6), replays look half live.
+    rows, dives, replays, t = [], [], [], 0
+    for _ in range(3):
+        rows += [soft()] * 30 + [soft(approach=0.3, flight=0.26)] * 10 + [soft(flight=0.56)] * 10 + \
+            [soft(entry=0.56)] * 6 + [soft()] * 25 + [soft(replay=0.45, flight=0.5)] * 40
+        dives.append(((t + 30) / FPS, (t + 56) / FPS))
+        replays.append(((t + 81) / FPS, (t + 121) / FPS))
+        t += 121
+    recording = Recording("unsure", FPS, np.array(rows, np.float32), dives, replays)
+    start = {**DEFAULT_THRESHOLDS, "start_hold_s": SPOTTER_DURATIONS_S["start_hold_s"],
+             "end_hold_s": SPOTTER_DURATIONS_S["end_hold_s"]}
+    assert figures([recording], 0, start)["f1"] == 0.0  # the defaults find nothing
+    best, before, after = tune([recording], 0, start)
+    assert before["missed"] == 3
+    assert after["f1"] == 1.0 and after["false_dives"] == 0 and after["false_on_replay"] == 0
+    assert after["start_err_median"] <= 1 and after["end_err_median"] <= 1
+    assert best["live_exit"] <= best["live_enter"] <= 0.56 and best["replay_enter"] <= 0.45
+    assert after["cost"] < before["cost"]
+
+
+def test_calibrate_segmenter_records_tuned_settings_the_runtime_reads(tmp_path, capsys):
+    from calibration.cli import main as calibrate_main
+    from fineparser.package import load_package
+    from runtime.spotter import spotter_segmenter_settings
+
+    package = make_package(tmp_path / "pkg", lookahead=2)
+    folder = tmp_path / "val"
+    folder.mkdir()
+    frame_labels = labels(("idle", 20), ("approach", 12), ("flight", 10), ("entry", 5), ("idle", 15),
+                          ("replay", 25), ("idle", 15))
+    programme(folder / "heat.mp4", frame_labels)
+    (folder / "heat.json").write_text(json.dumps({"fps": FPS, "dives": [
+        {"start_s": 20 / FPS, "end_s": 47 / FPS, "takeoff_end_s": 31 / FPS, "entry_start_s": 42 / FPS,
+         "replays": [{"start_s": 62 / FPS, "end_s": 87 / FPS}]}]}))
+    assert calibrate_main([str(package), "--segmenter", "--data-root", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out
+    loaded = load_package(package)  # hashes still verify
+    section = loaded.manifest["spotter"]
+    tuning = section["tuning"]
+    assert tuning["broadcasts"] == ["heat"] and tuning["frames"] == len(frame_labels)
+    assert tuning["after"]["f1"] == 1.0 and tuning["after"]["cost"] <= tuning["before"]["cost"]
+    assert section["spec"]["thresholds"] == {k: tuning["after"]["settings"][k]
+                                             for k in ("live_enter", "live_exit", "replay_enter", "live_back")}
+    assert {k: spotter_segmenter_settings(loaded)[k] for k in ("start_hold_s", "end_hold_s")} == \
+        {k: tuning["after"]["settings"][k] for k in ("start_hold_s", "end_hold_s")}
+
+    assert calibrate_main([str(package), "--segmenter"]) == 2
+    assert "--segmenter needs --data-root" in capsys.readouterr().err
+    bare = make_package(tmp_path / "bare", lookahead=None)
+    assert calibrate_main([str(bare), "--segmenter", "--data-root", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has none" in err[0]
+
+
+def test_calibrate_spotter_writes_measured_variants_and_refuses_one_that_misses(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("modelopt", reason="nvidia-modelopt[onnx] is not installed (pip install 'fineparser[calib]')")
+    pytest.importorskip("timm")
+    import calibration.spotter_variants as variants
+    from calibration.cli import main as calibrate_main
+    from export.spotter import export_spotter
+    from fineparser.package import load_package
+    from fineparser.spotter import Spotter, SpotterConfig
+
+    package = make_package(tmp_path / "pkg", lookahead=None)
+    model = Spotter(SpotterConfig(input_height=48, input_width=80, feature_dim=16, hidden_size=8, lookahead=1))
+    manifest = json.loads((package / "manifest.json").read_text())
+    write_manifest(package, {**manifest, "spotter": export_spotter(model.eval(), package, parity_frame_count=2)},
+                   [SPOTTER_FILE])
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for name in ("a", "b"):
+        programme(folder / f"{name}.mp4", labels(("idle", 10), ("approach", 6), ("flight", 6), ("entry", 4),
+                                                 ("idle", 10)))
+        (folder / f"{name}.json").write_text(json.dumps({"fps": FPS, "dives": [{"start_s": 0.4, "end_s": 1.04}]}))
+    monkeypatch.setattr(variants, "CALIBRATION_STEPS", 16)
+    assert calibrate_main([str(package), "--spotter", "--data-root", str(folder), "--precision", "fp16,int8"]) == 0
+    out = capsys.readouterr().out
+    assert "fp16" in out and "int8" in out and "agreement" in out
+    section = load_package(package).manifest["spotter"]  # the new files are hashed into the manifest
+    assert set(section["variants"]) == {"fp16", "int8"}
+    fp16, int8 = section["variants"]["fp16"], section["variants"]["int8"]
+    assert fp16["drift"]["passed"] and fp16["drift"]["class_agreement"] >= 0.99
+    assert fp16["drift"]["frames"] == 36 and fp16["drift"]["broadcasts"] == ["b"]  # a calibrates, b measures
+    assert int8["how"]["method"] == "max" and int8["how"]["nodes"]["QuantizeLinear"] > 0
+    graph = onnx.load(str(package / int8["file"])).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    consumers = {n.name for n in graph.node if set(n.input) & dequantized}
+    assert any(name.startswith("/trunk/") for name in consumers)  # the trunk runs int8 ...
+    assert not any(name.startswith(("/head/", "/classifier/", "/input_gates/")) for name in consumers)  # the GRU not
+
+    # A variant that misses its goals is not written unless --accept-drift, and the exit status says so.
+    again = make_package(tmp_path / "pkg2", lookahead=None)
+    write_manifest(again, {**json.loads((again / "manifest.json").read_text()),
+                           "spotter": export_spotter(model.eval(), again, parity_frame_count=2)}, [SPOTTER_FILE])
+    real = variants.drift
+    monkeypatch.setattr(variants, "drift", lambda *a: {**real(*a), "failures": ["forced"], "passed": False})
+    assert calibrate_main([str(again), "--spotter", "--data-root", str(folder), "--precision", "fp16"]) == 1
+    assert "missed: forced (not recorded)" in capsys.readouterr().out
+    assert "variants" not in load_package(again).manifest["spotter"] and not (again / "spotter_fp16.onnx").exists()

@@ -142,6 +142,20 @@ def test_plan_with_variants_and_spotter_shares_equal_graphs(tmp_path):
     assert plan_engines(read_manifest(fake_package(tmp_path / "bare")), precisions=["fp16"]) == []
 
 
+def test_spotter_variants_join_the_plan_of_their_precision(tmp_path):
+    root = fake_package(tmp_path / "pkg", variants={"fp16": True}, spotter=True)
+    manifest = read_manifest(root)
+    (root / "spotter_fp16.onnx").write_bytes(b"fp16 spotter")
+    (root / "spotter_int8.onnx").write_bytes(b"int8 spotter")
+    manifest["spotter"]["variants"] = {"fp16": {"file": "spotter_fp16.onnx"}, "int8": {"file": "spotter_int8.onnx"}}
+    write_manifest(root, manifest, ["spotter_fp16.onnx", "spotter_int8.onnx"])
+    by = {(p.precision, p.graph): p for p in plan_engines(read_manifest(root), device=H200)}
+    assert by["fp16", "spotter"].onnx == "spotter_fp16.onnx" and by["fp16", "spotter"].shared_with is None
+    assert by["fp16", "spotter"].inputs["frame"] == [1, 90, 160, 3] and by["fp16", "spotter"].buildable
+    assert by["fp32", "spotter"].onnx == "spotter.onnx"
+    assert ("int8", "spotter") not in by  # no int8 variant of the package: nothing int8 is planned
+
+
 def test_plan_of_files_not_written_yet_and_of_an_unknown_device(tmp_path):
     root = fake_package(tmp_path / "pkg")
     pending = prospective_manifest(read_manifest(root), precisions=["int8"])

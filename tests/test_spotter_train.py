@@ -147,3 +147,27 @@ def test_the_frame_cache_is_decoded_once_and_redone_when_the_video_changes(broad
     assert frame_cache(video, (40, 64), progress=False).stat().st_mtime_ns == first
     os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))
     assert frame_cache(video, (40, 64), progress=False).stat().st_mtime_ns != first
+
+
+def test_windows_are_placed_around_live_and_replay_frames_in_their_shares(tmp_path):
+    from fineparser.spotter_spec import FLIGHT, REPLAY
+    from train.config import SpotterDataConfig
+    from train.spotter_data import Broadcast, SpotterWindows
+
+    targets = np.full(2000, IDLE, np.int64)
+    targets[300:340] = FLIGHT
+    targets[1500:1560] = REPLAY
+    frames = np.zeros((len(targets), 4, 4, 3), np.uint8)
+    broadcast = Broadcast("b", tmp_path / "b.mp4", tmp_path / "b.json", targets, tmp_path / "b.npy", frames)
+
+    def share(live: float, replay: float, cls: int) -> float:
+        config = SpotterDataConfig(window=32, windows_per_epoch=200, live_fraction=live, replay_fraction=replay,
+                                   augment=False)
+        windows = SpotterWindows([broadcast], config, seed=3)
+        return float(np.mean([(windows[i]["labels"] == cls).any().item() for i in range(len(windows))]))
+
+    assert share(0.0, 1.0, REPLAY) == 1.0 and share(1.0, 0.0, FLIGHT) == 1.0
+    assert share(0.5, 0.0, REPLAY) < 0.2  # replays are 3% of this broadcast: rare unless asked for
+    assert 0.4 < share(0.0, 0.5, REPLAY) < 0.7
+    assert "replay_fraction 0.6 is outside [0, 1 - live_fraction 0.5]" in " ".join(
+        SpotterDataConfig(live_fraction=0.5, replay_fraction=0.6).problems(lookahead=2))

@@ -70,7 +70,8 @@ class SpotterDataConfig:
 
     window: int = 64  # consecutive frames per training window
     windows_per_epoch: int = 512  # windows drawn per epoch
-    live_fraction: float = 0.5  # share of windows placed around a live frame (the rest anywhere)
+    live_fraction: float = 0.5  # share of windows placed around a live frame
+    replay_fraction: float = 0.0  # share placed around a replay frame (the rest anywhere)
     test_videos: list[str] = field(default_factory=list)  # held-out broadcasts (path below the folder, no suffix)
     test_fraction: float = 0.2  # without test_videos: this share of the videos, drawn with `seed`
     augment: bool = True  # per window: one brightness/contrast change and one small crop
@@ -89,6 +90,9 @@ class SpotterDataConfig:
             out.append("spotter_data.windows_per_epoch and spotter_data.eval_chunk must be >= 1")
         if not 0.0 <= self.live_fraction <= 1.0:
             out.append(f"spotter_data.live_fraction {self.live_fraction} is outside [0, 1]")
+        if not 0.0 <= self.replay_fraction <= 1.0 - self.live_fraction:
+            out.append(f"spotter_data.replay_fraction {self.replay_fraction} is outside [0, 1 - live_fraction "
+                       f"{self.live_fraction}]")
         if not self.test_videos and not 0.0 < self.test_fraction < 1.0:
             out.append(f"spotter_data.test_fraction {self.test_fraction} is outside (0, 1) and no test_videos "
                        "are named: the spotter needs test broadcasts to evaluate on")

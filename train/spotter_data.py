@@ -14,7 +14,9 @@ cache from disk instead of decoding again.
 Windows are drawn per (seed, epoch, index) like :class:`fineparser.data.PairDataset`, so a resumed run
 replays the same samples.  A share ``live_fraction`` of the windows is drawn around a live frame
 (approach, flight, entry, or a dive frame whose phase is open): live phases are a quarter of a
-broadcast's frames, and a dive is seen whole only in a window placed near it.
+broadcast's frames, and a dive is seen whole only in a window placed near it.  A share
+``replay_fraction`` is drawn around a replay frame: replays are the negatives that look most like a
+live dive.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from tqdm import tqdm
 from fineparser.broadcast_labels import UNLABELLED, VIDEO_SUFFIXES, BroadcastLabelError, read_broadcast_labels
 from fineparser.data import DataError
 from fineparser.spotter import IGNORE_INDEX
-from fineparser.spotter_spec import CLASS_NAMES, LIVE_CLASSES, spotter_frame
+from fineparser.spotter_spec import CLASS_NAMES, LIVE_CLASSES, REPLAY, spotter_frame
 from train.config import SpotterDataConfig
 
 log = logging.getLogger(__name__)
@@ -263,13 +265,17 @@ class SpotterWindows(Dataset):
                                    "spotter_data.window")
         live = [np.flatnonzero(np.isin(b.targets, LIVE_CLASSES) | (b.targets == IGNORE_INDEX))
                 for b in self.broadcasts]
-        self.live_frames = live
+        replay = [np.flatnonzero(b.targets == REPLAY) for b in self.broadcasts]
         starts = np.array([b.num_frames - self.window + 1 for b in self.broadcasts], np.float64)
         self.any_weights = starts / starts.sum()
-        live_counts = np.array([len(f) for f in live], np.float64)
-        self.live_weights = live_counts / live_counts.sum() if live_counts.sum() else None
-        if self.live_weights is None and config.live_fraction > 0:
-            log.warning("no live frame in the training broadcasts: windows are drawn uniformly")
+        # (share of the windows, frames per broadcast, broadcast weights): windows placed around such a frame
+        self.focus: list[tuple[float, list[np.ndarray], np.ndarray]] = []
+        for name, share, frames in (("live", config.live_fraction, live), ("replay", config.replay_fraction, replay)):
+            counts = np.array([len(f) for f in frames], np.float64)
+            if share > 0 and not counts.sum():
+                log.warning("no %s frame in the training broadcasts: those windows are drawn uniformly", name)
+            elif share > 0:
+                self.focus.append((share, frames, counts / counts.sum()))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws the next items use."""
@@ -280,12 +286,15 @@ class SpotterWindows(Dataset):
 
     def place(self, rng: np.random.Generator) -> tuple[int, int]:
         """(broadcast index, first frame) of one window."""
-        if self.live_weights is not None and rng.random() < self.config.live_fraction:
-            v = int(rng.choice(len(self.broadcasts), p=self.live_weights))
-            frame = int(self.live_frames[v][rng.integers(len(self.live_frames[v]))])
-            low = max(0, frame - self.window + 1)
-            high = min(frame, self.broadcasts[v].num_frames - self.window)
-            return v, int(rng.integers(low, high + 1))
+        draw = rng.random()
+        for share, frames, weights in self.focus:
+            if draw < share:
+                v = int(rng.choice(len(self.broadcasts), p=weights))
+                frame = int(frames[v][rng.integers(len(frames[v]))])
+                low = max(0, frame - self.window + 1)
+                high = min(frame, self.broadcasts[v].num_frames - self.window)
+                return v, int(rng.integers(low, high + 1))
+            draw -= share
         v = int(rng.choice(len(self.broadcasts), p=self.any_weights))
         return v, int(rng.integers(self.broadcasts[v].num_frames - self.window + 1))
 

@@ -1,0 +1,215 @@
+"""fineparser-calibrate PKG --segmenter --data-root BROADCASTS: tune the auto segmenter on annotated broadcasts.
+
+The spotter's probabilities become dives through :class:`runtime.segments.DiveStateMachine`, whose
+thresholds (``live_enter``, ``live_exit``, ``replay_enter``, ``live_back``: the spotter spec's) and durations
+(``start_hold_s``, ``end_hold_s``: the package's ``spotter.segmenter``) were set by hand.  This runs the
+package's ``spotter.onnx`` once over every annotated broadcast under ``--data-root`` (the training
+format, docs/data.md "Annotated broadcasts"; use broadcasts the spotter was not trained on), then
+replays the state machine on those probabilities for candidate settings (every combination of
+:data:`GRID_NAMES`' candidates, then one setting at a time, a few passes, durations included:
+one threshold alone can lose what two together win) and keeps the settings of lowest cost:
+
+    cost = 100 x (missed + false dives)  +  mean |start error| + |end error|  +  0.5 x mean decision delay
+
+(errors and delays in frames of matched dives; a dive is matched at temporal IoU >= 0.5).  A false
+dive or a missed one outweighs any timing, so timing is tuned only among settings that detect equally
+well.  The chosen values, and the figures before and after, are written into the manifest (atomically;
+``spotter.tuning``), where ``fineparser-live --segment auto`` reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fineparser.metrics import DETECTION_TIOU, match_detections
+
+log = logging.getLogger("fineparser.calibrate")
+
+THRESHOLD_NAMES = ("live_enter", "live_exit", "replay_enter", "live_back")
+GRID_NAMES = ("live_enter", "live_exit", "replay_enter")
+"""Thresholds searched jointly (every combination) before the one-at-a-time passes."""
+DURATION_NAMES = ("start_hold_s", "end_hold_s")
+CANDIDATES: dict[str, tuple[float, ...]] = {
+    "live_enter": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    "live_exit": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "replay_enter": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "live_back": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0),
+    "start_hold_s": (0.04, 0.08, 0.12, 0.2, 0.32, 0.48),
+    "end_hold_s": (0.04, 0.08, 0.12, 0.2, 0.3, 0.4),
+}
+"""Values tried for each setting (thresholds are probabilities, durations stream seconds)."""
+PASSES = 3
+
+
+@dataclass
+class Recording:
+    """One annotated broadcast and the spotter's outputs on it, step by step."""
+
+    name: str
+    fps: float
+    probs: np.ndarray  # float32 [N, 5]: the output after frame t (the frame lookahead earlier's classes)
+    dives: list[tuple[float, float]]  # true live dives, stream seconds [start, end)
+    replays: list[tuple[float, float]]
+
+
+def spotter_probs(runner: Any, frames: np.ndarray) -> np.ndarray:
+    """Step a fresh spotter over `frames` (uint8 [N, h, w, 3], RGB) in order; float32 [N, 5]."""
+    runner.reset()
+    return np.stack([runner.step(frame) for frame in frames]).astype(np.float32)
+
+
+def record_broadcasts(runner: Any, root: Path, progress: bool = True) -> list[Recording]:
+    """The spotter's outputs on every annotated broadcast under `root` (frames decoded once, cached).
+
+    SpotterDataError (naming the file, and the line of a bad annotation) when there is none or one is unusable.
+    """
+    from tqdm import tqdm
+
+    from fineparser.broadcast_labels import read_broadcast_labels
+    from train.spotter_data import load_broadcasts
+
+    recordings = []
+    for b in tqdm(load_broadcasts(root, runner.spec.input_hw, progress=progress), unit="video",
+                  desc="spotter on broadcasts", disable=not progress):
+        labels = read_broadcast_labels(b.annotation)
+        fps = labels.fps
+        recordings.append(Recording(
+            name=b.name, fps=fps, probs=spotter_probs(runner, b.frames),
+            dives=[(d.start_frame / fps, (d.end_frame + 1) / fps) for d in labels.dives],
+            replays=[(r.start_frame / fps, (r.end_frame + 1) / fps) for r in labels.replays]))
+    return recordings
+
+
+def detect(recording: Recording, lookahead: int, settings: dict[str, float]) -> list[tuple[float, float, float]]:
+    """The auto segmenter's dives on a recording: (start_s, end_s, decided_s) each."""
+    from runtime.segments import DiveStateMachine, SegmentEvent
+
+    machine = DiveStateMachine(fps=recording.fps, lookahead=lookahead,
+                               thresholds={k: settings[k] for k in THRESHOLD_NAMES if k in settings},
+                               durations={k: settings[k] for k in DURATION_NAMES if k in settings})
+    dives = []
+    frame = 1.0 / recording.fps
+    last = None
+    for t, probs in enumerate(recording.probs):
+        last = t * frame
+        for event in machine.feed(last, probs):
+            if isinstance(event, SegmentEvent) and event.kind == "end":
+                dives.append((event.dive.start, event.dive.end, last))
+    for event in machine.finish(last, frame):
+        if isinstance(event, SegmentEvent) and event.kind == "end":
+            dives.append((event.dive.start, event.dive.end, last))
+    return dives
+
+
+def figures(recordings: list[Recording], lookahead: int, settings: dict[str, float]) -> dict[str, Any]:
+    """Detection figures of `settings` pooled over the recordings, and their cost (lower is better)."""
+    tp = fp = fn = on_replay = 0
+    starts, ends, delays = [], [], []
+    for rec in recordings:
+        detected = detect(rec, lookahead, settings)
+        matched = match_detections(rec.dives, [(s, e) for s, e, _ in detected])
+        tp += len(matched)
+        fn += len(rec.dives) - len(matched)
+        unmatched = [d for i, d in enumerate(detected) if i not in matched.values()]
+        fp += len(unmatched)
+        on_replay += sum(1 for s, e, _ in unmatched if any(min(e, b) > max(s, a) for a, b in rec.replays))
+        for truth, found in matched.items():
+            (start, end), (s, e, decided) = rec.dives[truth], detected[found]
+            starts.append(abs(s - start) * rec.fps)
+            ends.append(abs(e - end) * rec.fps)
+            delays.append(max(decided - end, 0.0) * rec.fps)
+    timing = (statistics.mean(a + b for a, b in zip(starts, ends)) if starts else 0.0)
+    delay = statistics.mean(delays) if delays else 0.0
+    return {"dives": tp + fn, "detected": tp + fp, "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "missed": fn, "false_dives": fp, "false_on_replay": on_replay,
+            "start_err_median": float(np.median(starts)) if starts else float("nan"),
+            "end_err_median": float(np.median(ends)) if ends else float("nan"),
+            "end_decided_after_median_frames": float(np.median(delays)) if delays else float("nan"),
+            "cost": round(100.0 * (fn + fp) + timing + 0.5 * delay, 4)}
+
+
+def _valid(settings: dict[str, float]) -> bool:
+    return settings["live_exit"] <= settings["live_enter"]
+
+
+def tune(recordings: list[Recording], lookahead: int, start: dict[str, float],
+         candidates: dict[str, tuple[float, ...]] = CANDIDATES, passes: int = PASSES) -> tuple[dict, dict, dict]:
+    """Grid over the thresholds, then coordinate descent from there; returns (best settings, figures at start,
+    figures at best).  Only a strictly lower cost moves, so the start is kept unless something beats it."""
+    import itertools
+
+    best = dict(start)
+    before = figures(recordings, lookahead, best)
+    best_figures = before
+    grid = [name for name in GRID_NAMES if name in candidates]
+    for values in itertools.product(*(candidates[name] for name in grid)):
+        trial = {**best, **dict(zip(grid, map(float, values)))}
+        if not _valid(trial):
+            continue
+        result = figures(recordings, lookahead, trial)
+        if result["cost"] < best_figures["cost"]:
+            best, best_figures = trial, result
+    for p in range(passes):
+        changed = False
+        for name, values in candidates.items():
+            for value in values:
+                trial = {**best, name: float(value)}
+                if trial[name] == best[name] or not _valid(trial):
+                    continue
+                result = figures(recordings, lookahead, trial)
+                if result["cost"] < best_figures["cost"]:
+                    best, best_figures, changed = trial, result, True
+        log.info("segmenter tuning pass %d: cost %.2f (%s)", p + 1, best_figures["cost"],
+                 ", ".join(f"{k} {v:g}" for k, v in best.items()))
+        if not changed:
+            break
+    return best, before, best_figures
+
+
+def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, Any]:
+    """Tune the package's auto segmenter on the broadcasts under `data_root`; returns the manifest's record."""
+    from fineparser.package import load_package, read_manifest, write_manifest
+    from runtime.segments import segmenter_durations
+    from runtime.spotter import SpotterRunner, spotter_segmenter_settings
+
+    package = load_package(package_dir)
+    runner = SpotterRunner.from_package(package)  # SpotterError (one line) when the package has none
+    started = time.perf_counter()
+    recordings = record_broadcasts(runner, data_root, progress=progress)
+    frames = sum(len(r.probs) for r in recordings)
+    log.info("spotter ran over %d broadcasts (%d frames, %d dives) in %.1f s", len(recordings), frames,
+             sum(len(r.dives) for r in recordings), time.perf_counter() - started)
+    durations = segmenter_durations(spotter_segmenter_settings(package))
+    start = {**runner.spec.thresholds, **{k: durations[k] for k in DURATION_NAMES}}
+    best, before, after = tune(recordings, runner.spec.lookahead, start)
+    record = {"data_root": str(data_root), "broadcasts": [r.name for r in recordings], "frames": frames,
+              "match_tiou": DETECTION_TIOU, "before": {**before, "settings": start},
+              "after": {**after, "settings": best}}
+    manifest = read_manifest(package_dir)
+    section = manifest["spotter"]
+    section["spec"]["thresholds"] = {**section["spec"].get("thresholds", {}),
+                                     **{k: best[k] for k in THRESHOLD_NAMES}}
+    section["segmenter"] = {**(section.get("segmenter") or {}), **{k: best[k] for k in DURATION_NAMES}}
+    section["tuning"] = record
+    write_manifest(package_dir, manifest, [])
+    return record
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """Before/after table of a tuning record."""
+    keys = ("f1", "missed", "false_dives", "false_on_replay", "start_err_median", "end_err_median",
+            "end_decided_after_median_frames", "cost")
+    lines = [f"{'':<10}" + "".join(f"{k[:16]:>17}" for k in keys)]
+    for name in ("before", "after"):
+        row = record[name]
+        lines.append(f"{name:<10}" + "".join(f"{row[k]:>17.3f}" if isinstance(row[k], float) else f"{row[k]:>17}"
+                                             for k in keys))
+        lines.append(f"{'':<10}" + ", ".join(f"{k} {v:g}" for k, v in row["settings"].items()))
+    return "\n".join(lines)
