@@ -630,3 +630,25 @@ def test_calibrate_spotter_writes_measured_variants_and_refuses_one_that_misses(
     assert calibrate_main([str(again), "--spotter", "--data-root", str(folder), "--precision", "fp16"]) == 1
     assert "missed: forced (not recorded)" in capsys.readouterr().out
     assert "variants" not in load_package(again).manifest["spotter"] and not (again / "spotter_fp16.onnx").exists()
+
+
+def test_the_bundled_spotter_finds_the_dives_of_an_unseen_broadcast_and_none_on_its_replays(tmp_path):
+    """demo/package's spotter with its recorded thresholds, on a broadcast of a seed never used in training."""
+    from calibration.segmenter import DURATION_NAMES, figures, record_broadcasts
+    from fineparser.package import load_package
+    from runtime.segments import segmenter_durations
+    from runtime.spotter import SpotterRunner, spotter_segmenter_settings
+    from synth.broadcast import generate_broadcasts
+
+    package = load_package(REPO / "demo" / "package")
+    runner = SpotterRunner.from_package(package)
+    # The programme's timings are the training set's (waits of 2-4 s, 3 s score graphics); every dive replayed.
+    generate_broadcasts(tmp_path, 1, seed=7, size=(320, 180), dives_per_broadcast=3, replay_probability=1.0,
+                        progress=False)
+    recordings = record_broadcasts(runner, tmp_path, progress=False)
+    assert sum(len(r.replays) for r in recordings) >= 3  # every dive replayed at least once
+    durations = segmenter_durations(spotter_segmenter_settings(package))
+    result = figures(recordings, runner.spec.lookahead,
+                     {**runner.spec.thresholds, **{k: durations[k] for k in DURATION_NAMES}})
+    assert result["f1"] >= 0.9, result
+    assert result["false_on_replay"] == 0, result
