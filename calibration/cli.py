@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(required unless --engine only builds engines for the variants present)")
     parser.add_argument("--precision", default="fp16,int8", help="variants to make (default: fp16,int8)")
     parser.add_argument("--method", choices=METHODS, default=None,
-                        help="INT8 activation ranges (default: entropy; max for --spotter)")
+                        help="INT8 activation ranges (default: max)")
     parser.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
     parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
                         help="calibration clips from the train split, spread over dive numbers "
@@ -165,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
                        f"(known: {', '.join(PRECISIONS)})", 2)
     if args.spotter:
         return _spotter(args, precisions)
-    args.method = args.method or "entropy"
+    from calibration.variants import INT8_DEFAULT_METHOD
+
+    args.method = args.method or INT8_DEFAULT_METHOD
     if args.dry_run and not args.engine:
         raise CliError("error: --dry-run prints the TensorRT engine plan: give it with --engine", 2)
     if args.data_root is None and not args.engine:

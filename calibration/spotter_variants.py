@@ -7,8 +7,7 @@ fed with each (:data:`CALIBRATION_STEPS` steps spread over the broadcasts).  The
 
 - fp16: ModelOpt AutoCast (``calibration.variants.make_fp16``, I/O kept fp32/uint8);
 - int8: ModelOpt PTQ of the trunk only (``make_int8``; the projection, GRU and classifier stay fp32:
-  :data:`SPOTTER_INT8_EXCLUDE`), activation ranges by ``--method`` (``max`` unless given: measured
-  closer than entropy on the spotter, docs/spotter.md);
+  :data:`SPOTTER_INT8_EXCLUDE`), activation ranges by ``--method`` (``max`` unless given);
 
 and the variant is stepped over the measuring half beside fp32.  What a user relies on is the dives,
 so the goals are the detection's (the package's own thresholds and holds, ``calibration.segmenter``):
@@ -37,7 +36,6 @@ SPOTTER_VARIANT_FILES = {"fp16": "spotter_fp16.onnx", "int8": "spotter_int8.onnx
 """File of each spotter variant in the package."""
 SPOTTER_INT8_EXCLUDE = ("/projection/.*", "/input_gates/.*", "/head/.*", "/classifier/.*")
 """ONNX node name patterns INT8 leaves in fp32: everything after the trunk (0.2% of the FLOPs)."""
-DEFAULT_SPOTTER_METHOD = "max"
 CALIBRATION_STEPS = 512
 BOUNDARY_SLACK_FRAMES = 1.0
 
@@ -109,7 +107,7 @@ def run(package_dir: Path, data_root: Path, precisions: list[str], method: str |
     """Make, measure and (when they pass, or accept_drift) record the spotter variants; {precision: record}."""
     import shutil
 
-    from calibration.variants import make_fp16, make_int8
+    from calibration.variants import INT8_DEFAULT_METHOD, make_fp16, make_int8
     from fineparser.package import load_package, read_manifest, write_manifest
     from runtime.segments import segmenter_durations
     from runtime.spotter import SpotterRunner, spotter_segmenter_settings
@@ -142,7 +140,7 @@ def run(package_dir: Path, data_root: Path, precisions: list[str], method: str |
                 np.savez(npz, **{name: value[:1] for name, value in inputs.items()})
                 how = make_fp16(runner.path, out, npz)
             else:
-                how = make_int8(runner.path, out, inputs, method=method or DEFAULT_SPOTTER_METHOD,
+                how = make_int8(runner.path, out, inputs, method=method or INT8_DEFAULT_METHOD,
                                 exclude=SPOTTER_INT8_EXCLUDE)
             variant = SpotterRunner(out, runner.spec)
             report = drift(reference, record(variant, held, progress), runner.spec.lookahead, settings)

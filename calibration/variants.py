@@ -33,9 +33,26 @@ METHODS = ("entropy", "percentile", "max")
 FP32_OP_TYPES = ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
                  "Softmax", "ReduceMean", "Pow", "Sqrt", "Reciprocal", "Div", "Exp", "Sigmoid")
 """Op types kept in fp32 by the second FP16 attempt (norms, softmax and their pieces)."""
-INT8_EXCLUDE = ("/psnet_model/.*",)
-"""Node-name patterns INT8 leaves unquantized by default: the temporal parser's head, whose argmax
-picks the transition frames (quantizing it moved transitions by frames and scores by points)."""
+INT8_EXCLUDE = (
+    "/psnet_model/.*",
+    r"/(base_model/backbone|segmenter)/(conv3d_2b_1x1|conv3d_2c_3x3|mixed_\w+)/.*",
+    r"/[A-Za-z]+(_\d+)?$",
+    r"/video_encoder/[A-Za-z]+(_\d+)?$",
+    r".*/maxPool3d_[^/]+/.*",
+    r".*/avg_pool/.*",
+    r"/video_encoder/backbone/(maxpool|global_pool|act1)/.*",
+)
+"""Node-name patterns INT8 leaves in fp32 by default (found with ``bench/int8_sensitivity.py``; figures in
+docs/calibration.md): the temporal parser's head, whose argmax picks the transition frames; the blocks of
+both I3Ds after their stem (conv3d_2b onwards: the late blocks brought most of the score error, conv3d_2c
+and mixed_3c moved transitions); and the nodes between blocks (pools, pads, the video encoder's mask
+resampling arithmetic: no multiply-adds, a third of the error).  What stays INT8: the I3D stems
+(ModelOpt itself skips a stem of fewer than 16 output channels, as in the ``tiny`` preset) and the ResNet
+video encoder.  ``int8_macs_share`` in the variant's record says how much of the encoder that is."""
+INT8_DEFAULT_METHOD = "max"
+"""Activation ranges of the encoder's INT8 by default: entropy (and percentile) clipping moved the demo
+model's scores 5-12 points on a held-out world, max 0.7 (docs/calibration.md)."""
+QUANTIZABLE_OPS = ("Conv", "MatMul", "Gemm")
 INSTALL_HINT = "pip install 'fineparser[calib]' (nvidia-modelopt[onnx])"
 
 
@@ -146,7 +163,48 @@ def percentile_cache(src: Path, inputs: Mapping[str, np.ndarray], percentile: fl
     return len(lines) - 1
 
 
-def make_int8(src: Path, dst: Path, inputs: Mapping[str, np.ndarray], *, method: str = "entropy",
+def node_macs(path: Path) -> dict[str, int]:
+    """Multiply-adds of every Conv/MatMul/Gemm node (by name), from the output shapes of one onnxruntime run on
+    zero inputs (dynamic dims taken as 1).  A MatMul of two activations counts 0."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {t.name: list(numpy_helper.to_array(t).shape) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type in QUANTIZABLE_OPS]
+    known = {o.name for o in model.graph.output}
+    for node in nodes:
+        if node.output[0] not in known:
+            model.graph.output.append(onnx.ValueInfoProto(name=node.output[0]))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                              np.uint8 if "uint8" in i.type else np.float32) for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    shapes = dict(zip(names, (np.shape(v) for v in session.run(names, feeds))))
+    macs = {}
+    for node in nodes:
+        out, weight = shapes[node.output[0]], weights.get(node.input[1])
+        if weight is None:
+            macs[node.name] = 0
+        elif node.op_type == "Conv":  # weight [Cout, Cin/groups, k...]
+            macs[node.name] = int(np.prod(out)) * int(np.prod(weight[1:]))
+        else:
+            macs[node.name] = int(np.prod(out)) * int(weight[0] if node.op_type == "MatMul" else weight[-1])
+    return macs
+
+
+def int8_macs_share(src: Path, quantized: Any) -> float:
+    """Share of `src`'s Conv/MatMul/Gemm multiply-adds that run INT8 in `quantized` (an ONNX model): nodes whose
+    activation input comes out of a DequantizeLinear."""
+    macs = node_macs(src)
+    dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8 = sum(macs.get(n.name, 0) for n in quantized.graph.node
+               if n.op_type in QUANTIZABLE_OPS and n.input and n.input[0] in dequantized)
+    return round(int8 / max(sum(macs.values()), 1), 4)
+
+
+def make_int8(src: Path, dst: Path, inputs: Mapping[str, np.ndarray], *, method: str = INT8_DEFAULT_METHOD,
               percentile: float = 99.99, high_precision: str = "fp32",
               exclude: Sequence[str] = INT8_EXCLUDE) -> dict[str, Any]:
     """Quantize `src` to explicit INT8 Q/DQ at `dst`, calibrated on `inputs`: every graph input by name, N rows
@@ -185,6 +243,8 @@ def make_int8(src: Path, dst: Path, inputs: Mapping[str, np.ndarray], *, method:
             raise CalibrationError(f"ModelOpt INT8 quantization of {src.name} wrote no model")
         import onnx
 
-        info["nodes"] = _precision_counts(onnx.load(str(out)))
+        quantized = onnx.load(str(out))
+        info["nodes"] = _precision_counts(quantized)
+        info["int8_macs_share"] = int8_macs_share(source, quantized)
         os.replace(out, dst)
     return info

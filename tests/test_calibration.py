@@ -78,6 +78,14 @@ def test_int8_graph_has_explicit_qdq_and_fp16_keeps_io_types(calibrated):
     int8 = onnx.load(str(package.variant_files("int8")["encoder"]))
     ops = [n.op_type for n in int8.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    # The default leaves the temporal parser's head and the late I3D blocks in fp32 and records how much is int8.
+    how = next(v for v in package.variants if v["name"] == "int8")["how"]["encoder"]
+    assert how["method"] == "max" and 0.1 < how["int8_macs_share"] < 0.6
+    dequantized = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8_convs = {n.name for n in int8.graph.node if n.op_type == "Conv" and n.input[0] in dequantized}
+    assert any(name.startswith("/video_encoder/backbone/layer1/") for name in int8_convs)
+    assert not any(name.startswith(("/psnet_model/", "/base_model/backbone/mixed_", "/segmenter/mixed_"))
+                   for name in int8_convs)
     fp16_files = package.variant_files("fp16")
     for graph in ("encoder", "pair_head"):
         fp16 = onnx.load(str(fp16_files[graph]))
@@ -137,12 +145,17 @@ def test_drift_report_figures_and_goals():
     clips = [Clip(f"c{i}", np.zeros((1,), np.uint8), "107B", s, np.array([10, 80])) for i, s in
              enumerate((50.0, 60.0, 70.0, 80.0))]
     reference = _run([50, 60, 70, 80], [[10, 80]] * 4)
-    close = drift_report("int8", reference, _run([50.2, 60.1, 70.4, 80.3], [[10, 80], [10, 80], [11, 80], [10, 80]]),
-                         clips)
+    close = drift_report("int8", reference, _run([50.2, 60.1, 70.4, 80.3], [[10, 80]] * 4), clips)
     assert close.rho_vs_fp32 == pytest.approx(1.0)
     assert close.mean_abs_delta == pytest.approx(0.25) and close.max_abs_delta == pytest.approx(0.4)
-    assert close.transition_agreement == pytest.approx(7 / 8) and close.transition_max_frames == 1
+    assert close.transition_agreement == 1.0 and close.transition_max_frames == 0
     assert close.passed and not close.failures
+    shifted = drift_report("int8", reference, _run([50, 60, 70, 80], [[10, 80], [10, 80], [11, 80], [10, 80]]),
+                           clips)
+    assert shifted.transition_agreement == pytest.approx(7 / 8) and shifted.transition_max_frames == 1
+    assert shifted.failures == ["transition_agreement 0.875 (goal >= 0.97)"]
+    jump = drift_report("int8", reference, _run([50, 60, 70, 83.5], [[10, 80]] * 4), clips)  # mean 0.875, max 3.5
+    assert {f.split()[0] for f in jump.failures} == {"mean_abs_delta", "max_abs_delta"}
     far = drift_report("int8", reference, _run([80, 70, 60, 50], [[10, 80]] * 4), clips)
     assert not far.passed and any("rho_vs_fp32" in f for f in far.failures)
     assert drift_report("fp16", reference, _run([50.1, 60, 70, 80], [[10, 80]] * 4), clips).passed  # mean 0.025
