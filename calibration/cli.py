@@ -284,7 +284,7 @@ def _spotter(args: argparse.Namespace, precisions: list[str]) -> int:
     from calibration.spotter_variants import run as spotter_variants
     from calibration.variants import CalibrationError, modelopt_version
     from fineparser.package import PackageError
-    from runtime.spotter import SpotterError
+    from fineparser.spotter_runner import SpotterError
     from train.spotter_data import SpotterDataError
 
     _broadcasts_error(args, "--spotter")
@@ -306,7 +306,7 @@ def _segmenter(args: argparse.Namespace) -> int:
     from calibration.segmenter import format_record
     from calibration.segmenter import run as tune_segmenter
     from fineparser.package import PackageError
-    from runtime.spotter import SpotterError
+    from fineparser.spotter_runner import SpotterError
     from train.spotter_data import SpotterDataError
 
     _broadcasts_error(args, "--segmenter")

@@ -1,6 +1,6 @@
 """fineparser-calibrate PKG --segmenter --data-root BROADCASTS: tune the auto segmenter on annotated broadcasts.
 
-The spotter's probabilities become dives through :class:`runtime.segments.DiveStateMachine`, whose
+The spotter's probabilities become dives through :class:`fineparser.dive_state.DiveStateMachine`, whose
 thresholds (``live_enter``, ``live_exit``, ``replay_enter``, ``live_back``: the spotter spec's) and durations
 (``start_hold_s``, ``end_hold_s``: the package's ``spotter.segmenter``) were set by hand.  This runs the
 package's ``spotter.onnx`` once over every annotated broadcast under ``--data-root`` (the training
@@ -89,7 +89,7 @@ def record_broadcasts(runner: Any, root: Path, progress: bool = True) -> list[Re
 
 def detect(recording: Recording, lookahead: int, settings: dict[str, float]) -> list[tuple[float, float, float]]:
     """The auto segmenter's dives on a recording: (start_s, end_s, decided_s) each."""
-    from runtime.segments import DiveStateMachine, SegmentEvent
+    from fineparser.dive_state import DiveStateMachine, SegmentEvent
 
     machine = DiveStateMachine(fps=recording.fps, lookahead=lookahead,
                                thresholds={k: settings[k] for k in THRESHOLD_NAMES if k in settings},
@@ -175,9 +175,9 @@ def tune(recordings: list[Recording], lookahead: int, start: dict[str, float],
 
 def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, Any]:
     """Tune the package's auto segmenter on the broadcasts under `data_root`; returns the manifest's record."""
+    from fineparser.dive_state import segmenter_durations
     from fineparser.package import load_package, read_manifest, write_manifest
-    from runtime.segments import segmenter_durations
-    from runtime.spotter import SpotterRunner, spotter_segmenter_settings
+    from fineparser.spotter_runner import SpotterRunner, spotter_segmenter_settings
 
     package = load_package(package_dir)
     runner = SpotterRunner.from_package(package)  # SpotterError (one line) when the package has none

@@ -108,9 +108,9 @@ def run(package_dir: Path, data_root: Path, precisions: list[str], method: str |
     import shutil
 
     from calibration.variants import INT8_DEFAULT_METHOD, make_fp16, make_int8
+    from fineparser.dive_state import segmenter_durations
     from fineparser.package import load_package, read_manifest, write_manifest
-    from runtime.segments import segmenter_durations
-    from runtime.spotter import SpotterRunner, spotter_segmenter_settings
+    from fineparser.spotter_runner import SpotterRunner, spotter_segmenter_settings
     from train.spotter_data import load_broadcasts
 
     package_dir = Path(package_dir)
