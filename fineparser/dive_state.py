@@ -168,12 +168,12 @@ class DiveStateMachine:
         """Whether a dive is open."""
         return self._dive is not None
 
-    def _classify(self, probs: np.ndarray) -> tuple[bool, bool, bool]:
-        """(replay, live enough to start a dive, live enough to stay in one)."""
+    def _classify(self, probs: np.ndarray) -> tuple[bool, bool, bool, float]:
+        """(replay, live enough to start a dive, live enough to stay in one, P(live))."""
         replay = bool(probs[REPLAY] >= self.thresholds["replay_enter"])
         live = float(sum(probs[i] for i in LIVE_CLASSES))
         return (replay, not replay and live >= self.thresholds["live_enter"],
-                not replay and live >= self.thresholds["live_exit"])
+                not replay and live >= self.thresholds["live_exit"], live)
 
     def feed(self, time: float, probs: Any) -> list[SegmentEvent | PhaseChange]:
         """The spotter's output after the frame at `time`: class probabilities [5] of the frame `lookahead` earlier."""
@@ -197,8 +197,8 @@ class DiveStateMachine:
         return events
 
     def _outside(self, at: float, probs: np.ndarray, decided: float, events: list) -> None:
-        replay, live_enter, _ = self._classify(probs)
-        self._recent.append((at, -1.0 if replay else float(sum(probs[i] for i in LIVE_CLASSES))))
+        replay, live_enter, _, live = self._classify(probs)
+        self._recent.append((at, -1.0 if replay else live))
         while len(self._recent) > self.frames("start_back_s") + self.frames("start_hold_s"):
             self._recent.popleft()
         self._armed = self._armed or not live_enter
@@ -254,7 +254,7 @@ class DiveStateMachine:
             self._end_dive(at, decided, events, reason, [(at, self._classify(probs)[0])])
             self._armed = False
             return
-        replay, _, live_hold = self._classify(probs)
+        replay, _, live_hold, _ = self._classify(probs)
         if live_hold:
             self._end_run = []
             self._advance(at, probs, decided, events)
