@@ -65,19 +65,14 @@ def spotter_probs(runner: Any, frames: np.ndarray) -> np.ndarray:
     return np.stack([runner.step(frame) for frame in frames]).astype(np.float32)
 
 
-def record_broadcasts(runner: Any, root: Path, progress: bool = True) -> list[Recording]:
-    """The spotter's outputs on every annotated broadcast under `root` (frames decoded once, cached).
-
-    SpotterDataError (naming the file, and the line of a bad annotation) when there is none or one is unusable.
-    """
+def record(runner: Any, broadcasts: list, progress: bool = True) -> list[Recording]:
+    """Step `runner` (fresh state per broadcast) over each broadcast's cached frames (train.spotter_data.Broadcast)."""
     from tqdm import tqdm
 
     from fineparser.broadcast_labels import read_broadcast_labels
-    from train.spotter_data import load_broadcasts
 
     recordings = []
-    for b in tqdm(load_broadcasts(root, runner.spec.input_hw, progress=progress), unit="video",
-                  desc="spotter on broadcasts", disable=not progress):
+    for b in tqdm(broadcasts, unit="video", desc=f"spotter {Path(runner.path).name}", disable=not progress):
         labels = read_broadcast_labels(b.annotation)
         fps = labels.fps
         recordings.append(Recording(
@@ -85,6 +80,16 @@ def record_broadcasts(runner: Any, root: Path, progress: bool = True) -> list[Re
             dives=[(d.start_frame / fps, (d.end_frame + 1) / fps) for d in labels.dives],
             replays=[(r.start_frame / fps, (r.end_frame + 1) / fps) for r in labels.replays]))
     return recordings
+
+
+def record_broadcasts(runner: Any, root: Path, progress: bool = True) -> list[Recording]:
+    """The spotter's outputs on every annotated broadcast under `root` (frames decoded once, cached).
+
+    SpotterDataError (naming the file, and the line of a bad annotation) when there is none or one is unusable.
+    """
+    from train.spotter_data import load_broadcasts
+
+    return record(runner, load_broadcasts(root, runner.spec.input_hw, progress=progress), progress)
 
 
 def detect(recording: Recording, lookahead: int, settings: dict[str, float]) -> list[tuple[float, float, float]]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.segmenter import DURATION_NAMES, Recording, figures
+from calibration.segmenter import DURATION_NAMES, Recording, figures, record
 
 log = logging.getLogger("fineparser.calibrate")
 
@@ -38,28 +38,6 @@ SPOTTER_INT8_EXCLUDE = ("/projection/.*", "/input_gates/.*", "/head/.*", "/class
 """ONNX node name patterns INT8 leaves in fp32: everything after the trunk (0.2% of the FLOPs)."""
 CALIBRATION_STEPS = 512
 BOUNDARY_SLACK_FRAMES = 1.0
-
-
-def _broadcast_labels(broadcast: Any) -> tuple[float, list, list]:
-    from fineparser.broadcast_labels import read_broadcast_labels
-
-    labels = read_broadcast_labels(broadcast.annotation)
-    fps = labels.fps
-    return (fps, [(d.start_frame / fps, (d.end_frame + 1) / fps) for d in labels.dives],
-            [(r.start_frame / fps, (r.end_frame + 1) / fps) for r in labels.replays])
-
-
-def record(runner: Any, broadcasts: list, progress: bool = False) -> list[Recording]:
-    """Step `runner` (fresh state per broadcast) over every broadcast's cached frames."""
-    from tqdm import tqdm
-
-    from calibration.segmenter import spotter_probs
-
-    out = []
-    for b in tqdm(broadcasts, unit="video", desc=f"spotter {Path(runner.path).name}", disable=not progress):
-        fps, dives, replays = _broadcast_labels(b)
-        out.append(Recording(b.name, fps, spotter_probs(runner, b.frames), dives, replays))
-    return out
 
 
 def calibration_inputs(runner: Any, broadcasts: list, steps: int = CALIBRATION_STEPS) -> dict[str, np.ndarray]:
