@@ -5,11 +5,13 @@
 Renders held-out synthetic broadcasts (seeds never used in training; named settings, some absent from
 the training set), runs `fineparser-live --segment auto` and `--segment timecodes:TRUTH` on each, and
 reports, per set and overall: dive detection F1 at temporal IoU >= 0.5, replays and cutaways detected as
-dives, start/end error in frames, how long after the true end of a dive its `dive_end` was decided
-(stream seconds), |score(auto) - score(timecodes)| per dive, Spearman rho of both against the judges,
-per-frame phase macro-F1 (from the `phase` events) beside the always-idle guess, and the spotter's cost
-per frame. `--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring),
-as fast as possible and with `--realtime` (frames dropped). Numbers, never pass/fail.
+dives, start/end error in frames (and the end error's floor: the package's entry_tail_s after each true
+entry, what a spotter that finds every entry to the frame would reach), how long after the true end of
+a dive its `dive_end` was decided (stream seconds), |score(auto) - score(timecodes)| per dive, Spearman
+rho of both against the judges, per-frame phase macro-F1 (from the `phase` events) beside the always-idle
+guess, and the spotter's cost per frame. `--ingest-1080p` adds the ingest + spotter rate on a 1080p50
+H.264 programme (no scoring), as fast as possible and with `--realtime` (frames dropped). Numbers, never
+pass/fail.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from fineparser.spotter_spec import CLASS_NAMES, IDLE  # noqa: E402
 from runtime.backends import load_backend  # noqa: E402
 from runtime.cli import LiveOptions, run_live  # noqa: E402
 from runtime.events import EventBus  # noqa: E402
-from runtime.spotter import SpotterRunner  # noqa: E402
+from runtime.spotter import SpotterRunner, spotter_segmenter_settings  # noqa: E402
 from synth import generate_broadcasts  # noqa: E402
 
 # name -> generate_broadcasts settings; "default" is the training set's, the others each change one thing.
@@ -86,8 +88,13 @@ def _macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package: Path, backend) -> dict:
-    """One broadcast: auto vs truth detection, timing, scores, per-frame phases."""
+def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package: Path, backend,
+                       entry_tail_s: float = 0.0) -> dict:
+    """One broadcast: auto vs truth detection, timing, scores, per-frame phases.
+
+    With the package's ``entry_tail_s`` > 0, each matched dive also gets the end error that the same tail
+    would give after the true entry (``end_err_floor_frames``): what a spotter that finds every entry to
+    the frame would reach, since no frame shows where the annotation ends a dive."""
     labels = read_broadcast_labels(truth_json)
     fps = labels.fps
     truth = json.loads(truth_json.read_text())
@@ -111,6 +118,9 @@ def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package:
                "end_err_frames": abs(end["end_s"] - end_true) * fps,
                "end_decided_after_s": end.get("decided_s", float("nan")) - end_true,
                "judges": truth["dives"][i].get("final_score")}
+        entry_true = truth["dives"][i].get("entry_start_s")
+        if entry_tail_s > 0 and entry_true is not None:
+            row["end_err_floor_frames"] = abs(entry_true + entry_tail_s - end_true) * fps
         if dive_id in auto_scores and (i + 1) in true_scores:
             row["auto_score"] = auto_scores[dive_id]["score"]
             row["timecodes_score"] = true_scores[i + 1]["score"]
@@ -136,11 +146,13 @@ def summarise(results: list[dict]) -> dict:
 
     starts = [r["start_err_frames"] for r in rows]
     ends = [r["end_err_frames"] for r in rows]
+    floors = [r["end_err_floor_frames"] for r in rows if "end_err_floor_frames" in r]
     return {
         "dives": sum(r["true_dives"] for r in results), "f1_tiou50": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         "false_dives": fp, "false_on_replay": sum(r["false_on_replay"] for r in results),
         "start_err_median": q(starts, 50), "start_err_p95": q(starts, 95),
         "end_err_median": q(ends, 50), "end_err_p95": q(ends, 95),
+        "end_floor_median": q(floors, 50), "end_floor_p95": q(floors, 95),
         "end_decided_after_s_max": max((r["end_decided_after_s"] for r in rows), default=float("nan")),
         "end_decided_after_s_median": q([r["end_decided_after_s"] for r in rows], 50),
         "score_diff_median": q([abs(r["auto_score"] - r["timecodes_score"]) for r in scored], 50),
@@ -195,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure ingest + spotter on a 1080p50 programme of about this length")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
-    backend = load_backend("onnxruntime", load_package(args.package))
+    loaded = load_package(args.package)
+    backend = load_backend("onnxruntime", loaded)
+    entry_tail_s = float(spotter_segmenter_settings(loaded).get("entry_tail_s", 0.0))
     report: dict = {"package": str(args.package), "sets": {}}
     every: list[dict] = []
     for item in args.sets.split(","):
@@ -208,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         for truth_json in sorted((folder / "broadcasts").glob("broadcast_*.json")):
             n = truth_json.stem.split("_")[-1]
             results.append(evaluate_broadcast(truth_json.with_suffix(".mp4"), truth_json,
-                                              truth_json.parent / f"start_list_{n}.csv", args.package, backend))
+                                              truth_json.parent / f"start_list_{n}.csv", args.package, backend,
+                                              entry_tail_s))
         every += results
         report["sets"][f"{name}:{seed}"] = summarise(results)
     report["all"] = summarise(every)

@@ -2,12 +2,13 @@
 
 The spotter's probabilities become dives through :class:`fineparser.dive_state.DiveStateMachine`, whose
 thresholds (``live_enter``, ``live_exit``, ``replay_enter``, ``live_back``: the spotter spec's) and durations
-(``start_hold_s``, ``end_hold_s``: the package's ``spotter.segmenter``) were set by hand.  This runs the
-package's ``spotter.onnx`` once over every annotated broadcast under ``--data-root`` (the training
+(``start_hold_s``, ``end_hold_s``, ``entry_tail_s``: the package's ``spotter.segmenter``) were set by hand.
+This runs the package's ``spotter.onnx`` once over every annotated broadcast under ``--data-root`` (the training
 format, docs/data.md "Annotated broadcasts"; use broadcasts the spotter was not trained on), then
 replays the state machine on those probabilities for candidate settings (every combination of
 :data:`GRID_NAMES`' candidates, then one setting at a time, a few passes, durations included:
-one threshold alone can lose what two together win) and keeps the settings of lowest cost:
+one threshold alone can lose what two together win; ``entry_tail_s`` tries 0, off, and quantiles of the
+annotated entry-to-end durations) and keeps the settings of lowest cost:
 
     cost = 100 x (missed + false dives)  +  mean |start error| + |end error|  +  0.5 x mean decision delay
 
@@ -35,7 +36,7 @@ log = logging.getLogger("fineparser.calibrate")
 THRESHOLD_NAMES = ("live_enter", "live_exit", "replay_enter", "live_back")
 GRID_NAMES = ("live_enter", "live_exit", "replay_enter")
 """Thresholds searched jointly (every combination) before the one-at-a-time passes."""
-DURATION_NAMES = ("start_hold_s", "end_hold_s")
+DURATION_NAMES = ("start_hold_s", "end_hold_s", "entry_tail_s")
 CANDIDATES: dict[str, tuple[float, ...]] = {
     "live_enter": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     "live_exit": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
@@ -46,6 +47,10 @@ CANDIDATES: dict[str, tuple[float, ...]] = {
 }
 """Values tried for each setting (thresholds are probabilities, durations stream seconds)."""
 PASSES = 3
+MIN_GAIN = 1.0
+"""A setting moves only when it lowers the cost by at least this much (about a frame of timing per dive): the
+tuning broadcasts are few, and a threshold or hold that wins a fraction of a frame on them tends to split or
+merge dives on broadcasts unlike them."""
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Recording:
     probs: np.ndarray  # float32 [N, 5]: the output after frame t (the frame lookahead earlier's classes)
     dives: list[tuple[float, float]]  # true live dives, stream seconds [start, end)
     replays: list[tuple[float, float]]
+    entries: list[float | None] | None = None  # per dive: stream time of its first entry frame (None: not annotated)
 
 
 def spotter_probs(runner: Any, frames: np.ndarray) -> np.ndarray:
@@ -78,8 +84,24 @@ def record(runner: Any, broadcasts: list, progress: bool = True) -> list[Recordi
         recordings.append(Recording(
             name=b.name, fps=fps, probs=spotter_probs(runner, b.frames),
             dives=[(d.start_frame / fps, (d.end_frame + 1) / fps) for d in labels.dives],
-            replays=[(r.start_frame / fps, (r.end_frame + 1) / fps) for r in labels.replays]))
+            replays=[(r.start_frame / fps, (r.end_frame + 1) / fps) for r in labels.replays],
+            entries=[None if d.entry_start_frame is None else d.entry_start_frame / fps for d in labels.dives]))
     return recordings
+
+
+TAIL_QUANTILES = (0.2, 0.3, 0.4, 0.5, 0.6)
+"""Quantiles of the annotated entry-to-end durations tried as ``entry_tail_s`` (beside 0, off)."""
+
+
+def entry_tail_candidates(recordings: list[Recording]) -> tuple[float, ...]:
+    """``entry_tail_s`` values to try: 0 (off) and quantiles of the annotated dives' entry-to-end seconds.
+
+    Only 0 when no dive has its entry annotated (the optional ``entry_start`` of docs/data.md)."""
+    tails = [end - entry for rec in recordings for (_, end), entry in zip(rec.dives, rec.entries or [])
+             if entry is not None and end > entry]
+    if not tails:
+        return (0.0,)
+    return (0.0, *sorted({round(float(np.quantile(tails, q)), 2) for q in TAIL_QUANTILES}))
 
 
 def record_broadcasts(runner: Any, root: Path, progress: bool = True) -> list[Recording]:
@@ -145,32 +167,36 @@ def _valid(settings: dict[str, float]) -> bool:
 
 
 def tune(recordings: list[Recording], lookahead: int, start: dict[str, float],
-         candidates: dict[str, tuple[float, ...]] = CANDIDATES, passes: int = PASSES) -> tuple[dict, dict, dict]:
+         candidates: dict[str, tuple[float, ...]] = CANDIDATES, passes: int = PASSES,
+         min_gain: float = MIN_GAIN) -> tuple[dict, dict, dict]:
     """Grid over the thresholds, then coordinate descent from there; returns (best settings, figures at start,
-    figures at best).  Only a strictly lower cost moves, so the start is kept unless something beats it."""
+    figures at best).  Each step takes the lowest-cost candidate (the grid's best combination, then each
+    setting's best value) only when it beats the current settings by `min_gain`, so the start is kept unless
+    something clearly beats it, whatever the order of the candidates."""
     import itertools
 
     best = dict(start)
     before = figures(recordings, lookahead, best)
     best_figures = before
+
+    def take(trials: list[dict[str, float]]) -> bool:
+        nonlocal best, best_figures
+        results = [(figures(recordings, lookahead, t), t) for t in trials if _valid(t) and t != best]
+        if not results:
+            return False
+        result, trial = min(results, key=lambda r: r[0]["cost"])
+        if result["cost"] >= best_figures["cost"] - min_gain:
+            return False
+        best, best_figures = trial, result
+        return True
+
     grid = [name for name in GRID_NAMES if name in candidates]
-    for values in itertools.product(*(candidates[name] for name in grid)):
-        trial = {**best, **dict(zip(grid, map(float, values)))}
-        if not _valid(trial):
-            continue
-        result = figures(recordings, lookahead, trial)
-        if result["cost"] < best_figures["cost"]:
-            best, best_figures = trial, result
+    take([{**best, **dict(zip(grid, map(float, values)))}
+          for values in itertools.product(*(candidates[name] for name in grid))])
     for p in range(passes):
         changed = False
         for name, values in candidates.items():
-            for value in values:
-                trial = {**best, name: float(value)}
-                if trial[name] == best[name] or not _valid(trial):
-                    continue
-                result = figures(recordings, lookahead, trial)
-                if result["cost"] < best_figures["cost"]:
-                    best, best_figures, changed = trial, result, True
+            changed |= take([{**best, name: float(value)} for value in values])
         log.info("segmenter tuning pass %d: cost %.2f (%s)", p + 1, best_figures["cost"],
                  ", ".join(f"{k} {v:g}" for k, v in best.items()))
         if not changed:
@@ -193,7 +219,8 @@ def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, 
              sum(len(r.dives) for r in recordings), time.perf_counter() - started)
     durations = segmenter_durations(spotter_segmenter_settings(package))
     start = {**runner.spec.thresholds, **{k: durations[k] for k in DURATION_NAMES}}
-    best, before, after = tune(recordings, runner.spec.lookahead, start)
+    candidates = {**CANDIDATES, "entry_tail_s": entry_tail_candidates(recordings)}
+    best, before, after = tune(recordings, runner.spec.lookahead, start, candidates)
     record = {"data_root": str(data_root), "broadcasts": [r.name for r in recordings], "frames": frames,
               "match_tiou": DETECTION_TIOU, "before": {**before, "settings": start},
               "after": {**after, "settings": best}}

@@ -52,14 +52,19 @@ def cut_short_reason(stream_end: float, dive_end: float | None = None, lost: boo
 # --------------------------------------------------------------------------- auto: the spotter's state machine
 
 SPOTTER_DURATIONS_S = {"start_hold_s": 0.2, "phase_hold_s": 0.12, "end_hold_s": 0.4, "max_dive_s": 15.0,
-                       "start_back_s": 1.0}
+                       "start_back_s": 1.0, "entry_tail_s": 0.0}
 """Durations of the ``auto`` segmenter in seconds of stream (converted to frames with the stream's fps):
 
 start_hold_s: a live phase (approach, flight, entry) must hold this long before a dive starts;
 phase_hold_s: a change of phase (idle <-> replay; approach -> flight -> entry within a dive) must hold this long;
 end_hold_s: idle or replay must hold this long after the live phases before a dive ends;
 max_dive_s: a dive still live after this long is ended there;
-start_back_s: how far back a starting dive may be dated over frames with P(live) >= live_back.
+start_back_s: how far back a starting dive may be dated over frames with P(live) >= live_back;
+entry_tail_s: a dive that reached its entry ends this long after the entry's first frame (0: off, the dive
+  ends only when non-live frames hold).  Where a dive ends is an annotation convention that no frame shows
+  (the camera stays on the pool after the entry), so a fixed tail after the visible entry, fitted on
+  annotated broadcasts by ``fineparser-calibrate --segmenter``, ends dives closer to the convention and
+  with a bounded delay than waiting for the spotter to let go (docs/spotter.md, "Where a dive ends").
 A package records its own in ``manifest["spotter"]["segmenter"]``; missing names take these defaults.
 """
 NO_ENTRY_REASON = "the spotter saw no entry before the dive's end"
@@ -84,8 +89,11 @@ def segmenter_durations(values: dict[str, Any] | None) -> dict[str, float]:
                            f"{', '.join(SPOTTER_DURATIONS_S)} (seconds)")
     durations = {**SPOTTER_DURATIONS_S, **{k: float(v) for k, v in values.items()}}
     for name, value in durations.items():
+        if name == "entry_tail_s" and value == 0:
+            continue
         if not value > 0:
-            raise SegmentError(f"spotter segmenter duration {name}={value} must be a positive number of seconds")
+            raise SegmentError(f"spotter segmenter duration {name}={value} must be a positive number of seconds"
+                               + (" (entry_tail_s: or 0, off)" if name == "entry_tail_s" else ""))
     if durations["max_dive_s"] <= durations["start_hold_s"]:
         raise SegmentError(f"max_dive_s {durations['max_dive_s']} must exceed start_hold_s {durations['start_hold_s']}")
     return durations
@@ -121,6 +129,10 @@ class DiveStateMachine:
       after holding phase_hold_s; outside it is idle or replay, changing after phase_hold_s too;
     - a dive ends when non-live frames (idle or replay) hold for end_hold_s; it ends at the first of them
       (ends are exclusive).  One that never reached entry is ended all the same but marked incomplete;
+    - with entry_tail_s > 0, a dive that reached entry also ends at the frame nearest entry_tail_s after the
+      entry's first frame, if the rule above has not ended it sooner (at the first of the non-live frames
+      running then, if any); the next dive can start only after a
+      frame that is not live (the spotter may still be letting go of this one);
     - a dive still live after max_dive_s ends there (incomplete unless its entry was seen), and the next one
       can start only after a frame that is not live;
     - at the end of the stream an open dive is incomplete, unless it had reached entry and was already
@@ -143,6 +155,7 @@ class DiveStateMachine:
         self._dive: Dive | None = None
         self._count = 0
         self._entry_seen = False
+        self._entry_at: float | None = None  # in a dive: stream time of the entry's first frame
         self._armed = True  # False after a dive ended by max_dive_s, until a frame that is not live
         self._live_run: list[tuple[float, np.ndarray]] = []  # outside a dive: consecutive live frames
         self._recent: deque[tuple[float, float]] = deque()  # outside a dive: (time, P(live) or -1 for replay)
@@ -233,18 +246,19 @@ class DiveStateMachine:
             start = at
         self._count += 1
         self._dive = Dive(self._count, start, source="auto")
-        self._entry_seen = False
+        self._entry_seen, self._entry_at = False, None
         self._outside_run = self._advance_run = None
         self._end_run = []
         events.append(SegmentEvent("start", self._dive))
         phase = APPROACH + int(np.argmax(first[APPROACH:ENTRY + 1]))
-        self._entered(phase)
+        self._entered(phase, start)
         self._change(PHASE_NAMES[phase], start, decided, events, self._dive.index)
         for at, probs in run[1:]:  # the held frames may already show the next phase
             self._advance(at, probs, decided, events)
 
-    def _entered(self, phase: int) -> None:
-        self._entry_seen = self._entry_seen or phase == ENTRY
+    def _entered(self, phase: int, at: float) -> None:
+        if phase == ENTRY and not self._entry_seen:
+            self._entry_seen, self._entry_at = True, at
 
     def _inside(self, at: float, probs: np.ndarray, decided: float, events: list) -> None:
         dive = self._dive
@@ -255,6 +269,12 @@ class DiveStateMachine:
             self._armed = False
             return
         replay, _, live_hold, _ = self._classify(probs)
+        tail = self.durations["entry_tail_s"]
+        if tail > 0 and self._entry_at is not None and at >= self._entry_at + tail - 0.5 / self.fps:
+            after = [*self._end_run, (at, replay)]  # non-live frames already running end it where they began
+            self._end_dive(after[0][0], decided, events, None, after)
+            self._armed = False
+            return
         if live_hold:
             self._end_run = []
             self._advance(at, probs, decided, events)
@@ -276,7 +296,7 @@ class DiveStateMachine:
             self._advance_run = [best, at, 0]
         self._advance_run[2] += 1
         if self._advance_run[2] >= self.frames("phase_hold_s"):
-            self._entered(best)
+            self._entered(best, self._advance_run[1])
             self._change(PHASE_NAMES[best], self._advance_run[1], decided, events, self._dive.index)
             self._advance_run = None
 

@@ -242,6 +242,45 @@ def test_a_dive_longer_than_max_dive_s_is_ended_there():
     assert "max_dive_s" in end.dive.incomplete_reason
 
 
+def test_entry_tail_ends_a_dive_at_a_fixed_time_after_its_entry_while_the_spotter_lingers():
+    # The spotter stays on "entry" for 2 s after the hands reach the water (it cannot see where the annotators
+    # end a dive), then a second dive follows with no idle frame between: 30 + 10 + 8 + 50 + 10 + 8 + 50.
+    lingering = labels(("idle", 30), ("approach", 10), ("flight", 8), ("entry", 50),
+                       ("approach", 10), ("flight", 8), ("entry", 50), ("idle", 20))
+    (start, end), _ = run_machine(DiveStateMachine(lookahead=2), lingering)
+    assert round(end.dive.end * FPS) == 166  # tail off: the first dive runs through both, up to the idle frames
+    machine = DiveStateMachine(lookahead=2, durations={"entry_tail_s": 0.6})  # 15 frames
+    segments, phases = run_machine(machine, lingering)
+    assert [(e.kind, e.dive.index) for e in segments] == [("start", 1), ("end", 1)]
+    first = segments[1].dive
+    assert round(first.start * FPS) == 30 and round(first.end * FPS) == 48 + 15 and first.incomplete_reason is None
+    # Decided as soon as the tail has passed (plus the look-ahead), not when the spotter lets go 2 s later.
+    end_phase = next(p for p in phases if p.dive is None and p.time > first.start)
+    assert round(end_phase.decided_at * FPS) == 63 + 2
+    # The spotter still says live after the anchored end: no new dive until a frame that is not live.
+    again = labels(("idle", 30), ("approach", 10), ("flight", 8), ("entry", 30), ("idle", 3),
+                   ("approach", 10), ("flight", 8), ("entry", 10), ("idle", 20))
+    segments, _ = run_machine(DiveStateMachine(lookahead=2, durations={"entry_tail_s": 0.6}), again)
+    ends = [(round(e.dive.start * FPS), round(e.dive.end * FPS)) for e in segments if e.kind == "end"]
+    assert ends == [(30, 63), (81, 109)]
+    # A cut to idle before the tail has passed ends the dive there, as without the tail.
+    (start, end), _ = run_machine(DiveStateMachine(durations={"entry_tail_s": 2.0}),
+                                  labels(("idle", 5), ("approach", 10), ("flight", 6), ("entry", 4), ("idle", 20)))
+    assert round(end.dive.end * FPS) == 25 and end.dive.incomplete_reason is None
+    # A dive that never reaches entry is not ended by the tail.
+    (start, end), _ = run_machine(DiveStateMachine(durations={"entry_tail_s": 0.2}),
+                                  labels(("idle", 5), ("approach", 10), ("flight", 30), ("idle", 15)))
+    assert round(end.dive.end * FPS) == 45 and "no entry" in end.dive.incomplete_reason
+
+
+def test_entry_tail_is_off_at_zero_and_never_negative():
+    assert DiveStateMachine(fps=FPS).durations["entry_tail_s"] == 0.0
+    with pytest.raises(ValueError, match=r"entry_tail_s=-0.5 must be a positive number of seconds .*or 0, off"):
+        DiveStateMachine(durations={"entry_tail_s": -0.5})
+    with pytest.raises(ValueError, match="end_hold_s=0.0 must be a positive"):
+        DiveStateMachine(durations={"end_hold_s": 0})
+
+
 def test_phase_seconds_add_up_to_the_stream():
     machine = DiveStateMachine(lookahead=3)
     run_machine(machine, DIVE + labels(("replay", 30), ("idle", 10)))
@@ -550,6 +589,28 @@ def test_tuning_finds_thresholds_that_detect_every_dive_and_no_replay_where_the_
     assert after["cost"] < before["cost"]
 
 
+def test_entry_tail_candidates_come_from_the_annotated_entries():
+    from calibration.segmenter import Recording, entry_tail_candidates, figures, tune
+
+    # Four dives whose annotated end falls 1.0-1.6 s after the entry; the spotter stays on entry 5 s.
+    rows, dives, entries, t = [], [], [], 0
+    for tail in (25, 30, 35, 40):
+        rows += [soft()] * 30 + [soft(approach=0.9)] * 10 + [soft(flight=0.9)] * 10 + [soft(entry=0.9)] * 125
+        dives.append(((t + 30) / FPS, (t + 50 + tail) / FPS))
+        entries.append((t + 50) / FPS)
+        t += 175
+    recording = Recording("lingering", FPS, np.array(rows, np.float32), dives, [], entries)
+    candidates = entry_tail_candidates([recording])
+    assert candidates[0] == 0.0 and 1.0 <= min(candidates[1:]) < max(candidates[1:]) <= 1.6
+    assert entry_tail_candidates([Recording("bare", FPS, recording.probs, dives, [])]) == (0.0,)
+    start = {"live_enter": 0.6, "live_exit": 0.4, "replay_enter": 0.6, "live_back": 0.6, "start_hold_s": 0.2,
+             "end_hold_s": 0.4, "entry_tail_s": 0.0}
+    best, before, after = tune([recording], 0, start, {"entry_tail_s": candidates})
+    # Without the tail the spotter's 5 s of entry make every dive too long to match (tIoU < 0.5).
+    assert before["f1"] == 0.0 and after["f1"] == 1.0 and best["entry_tail_s"] in candidates[1:]
+    assert after["end_err_median"] <= 5 and figures([recording], 0, best)["cost"] == after["cost"]
+
+
 def test_calibrate_segmenter_records_tuned_settings_the_runtime_reads(tmp_path, capsys):
     from calibration.cli import main as calibrate_main
     from fineparser.package import load_package
@@ -574,8 +635,9 @@ def test_calibrate_segmenter_records_tuned_settings_the_runtime_reads(tmp_path, 
     assert tuning["after"]["f1"] == 1.0 and tuning["after"]["cost"] <= tuning["before"]["cost"]
     assert section["spec"]["thresholds"] == {k: tuning["after"]["settings"][k]
                                              for k in ("live_enter", "live_exit", "replay_enter", "live_back")}
-    assert {k: spotter_segmenter_settings(loaded)[k] for k in ("start_hold_s", "end_hold_s")} == \
-        {k: tuning["after"]["settings"][k] for k in ("start_hold_s", "end_hold_s")}
+    durations = ("start_hold_s", "end_hold_s", "entry_tail_s")
+    assert {k: spotter_segmenter_settings(loaded)[k] for k in durations} == \
+        {k: tuning["after"]["settings"][k] for k in durations}
 
     assert calibrate_main([str(package), "--segmenter"]) == 2
     assert "--segmenter needs --data-root" in capsys.readouterr().err
