@@ -9,9 +9,10 @@ dives, start/end error in frames (and the end error's floor: the package's entry
 entry, what a spotter that finds every entry to the frame would reach), how long after the true end of
 a dive its `dive_end` was decided (stream seconds), |score(auto) - score(timecodes)| per dive, Spearman
 rho of both against the judges, per-frame phase macro-F1 (from the `phase` events) beside the always-idle
-guess, and the spotter's cost per frame. `--ingest-1080p` adds the ingest + spotter rate on a 1080p50
-H.264 programme (no scoring), as fast as possible and with `--realtime` (frames dropped). Numbers, never
-pass/fail.
+guess, and the spotter's cost per frame. `--sensitivity` adds the score difference that moved true
+boundaries alone make (2 frames inwards; the end at the true entry + entry_tail_s), no spotter involved.
+`--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring), as fast as
+possible and with `--realtime` (frames dropped). Numbers, never pass/fail.
 """
 
 from __future__ import annotations
@@ -88,8 +89,42 @@ def _macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+SHIFT_FRAMES = 2
+"""--sensitivity moves both true boundaries of every dive this many frames inwards (the start/end error goal)."""
+
+
+def score_sensitivity(video: Path, truth_json: Path, start_list: Path, package: Path, backend,
+                      true_scores: dict, entry_tail_s: float, folder: Path) -> dict[str, list[float]]:
+    """|score - score with the true timecodes| per dive when only the boundaries move, no spotter involved:
+
+    ``shifted``: start SHIFT_FRAMES later and end SHIFT_FRAMES earlier than the truth (a segmenter meeting
+    the start/end goal exactly); ``entry_tail``: the true start, the end at the true entry + the package's
+    entry_tail_s (a spotter that finds every entry to the frame).  What the scorer itself makes of small
+    boundary changes, to read the auto-vs-timecodes score difference against."""
+    truth = json.loads(truth_json.read_text())
+    fps = float(truth["fps"])
+    out: dict[str, list[float]] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("shifted", "entry_tail"):
+        if name == "entry_tail" and entry_tail_s <= 0:
+            continue
+        moved = json.loads(truth_json.read_text())
+        for dive in moved["dives"]:
+            if name == "shifted":
+                dive["start_s"] += SHIFT_FRAMES / fps
+                dive["end_s"] -= SHIFT_FRAMES / fps
+            else:
+                dive["end_s"] = dive["entry_start_s"] + entry_tail_s
+        path = folder / f"{truth_json.parent.parent.name}_{truth_json.stem}_{name}.json"
+        path.write_text(json.dumps(moved))
+        scores = {e["dive"]: e["score"] for e in _session(video, package, backend, f"timecodes:{path}", start_list)
+                  if e["type"] == "score"}
+        out[name] = [abs(scores[k] - v["score"]) for k, v in true_scores.items() if k in scores]
+    return out
+
+
 def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package: Path, backend,
-                       entry_tail_s: float = 0.0) -> dict:
+                       entry_tail_s: float = 0.0, sensitivity_dir: Path | None = None) -> dict:
     """One broadcast: auto vs truth detection, timing, scores, per-frame phases.
 
     With the package's ``entry_tail_s`` > 0, each matched dive also gets the end error that the same tail
@@ -127,8 +162,13 @@ def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package:
             row["complete"] = auto_scores[dive_id].get("complete", True)
         rows.append(row)
     pred = _phase_frames(auto, fps, labels.num_frames)
+    sensitivity = {}
+    if sensitivity_dir is not None:
+        sensitivity = score_sensitivity(video, truth_json, start_list, package, backend, true_scores, entry_tail_s,
+                                        sensitivity_dir)
     return {"video": video.name, "settings": labels.settings, "true_dives": len(live), "detected": len(detected),
             "matched": len(matched), "false_dives": len(false_dives), "false_on_replay": on_replay, "rows": rows,
+            "sensitivity": sensitivity,
             "macro_f1": _macro_f1(labels.classes, pred),
             "macro_f1_idle_guess": _macro_f1(labels.classes, np.full_like(pred, IDLE))}
 
@@ -158,6 +198,8 @@ def summarise(results: list[dict]) -> dict:
         "score_diff_median": q([abs(r["auto_score"] - r["timecodes_score"]) for r in scored], 50),
         "rho_auto": _spearman([r["auto_score"] for r in scored], [r["judges"] for r in scored]),
         "rho_timecodes": _spearman([r["timecodes_score"] for r in scored], [r["judges"] for r in scored]),
+        **{f"score_diff_{name}_median": q([d for r in results for d in r["sensitivity"].get(name, [])], 50)
+           for name in ("shifted", "entry_tail") if any(name in r["sensitivity"] for r in results)},
         "macro_f1": statistics.mean(r["macro_f1"] for r in results),
         "macro_f1_idle_guess": statistics.mean(r["macro_f1_idle_guess"] for r in results),
     }
@@ -205,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="320x180")
     parser.add_argument("--ingest-1080p", type=float, default=0.0, metavar="SECONDS",
                         help="also measure ingest + spotter on a 1080p50 programme of about this length")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="also score every dive with its true boundaries moved (2 frames inwards; the end at the "
+                             "true entry + entry_tail_s): the score difference that boundaries alone make")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     loaded = load_package(args.package)
@@ -223,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             n = truth_json.stem.split("_")[-1]
             results.append(evaluate_broadcast(truth_json.with_suffix(".mp4"), truth_json,
                                               truth_json.parent / f"start_list_{n}.csv", args.package, backend,
-                                              entry_tail_s))
+                                              entry_tail_s, args.out / "sensitivity" if args.sensitivity else None))
         every += results
         report["sets"][f"{name}:{seed}"] = summarise(results)
     report["all"] = summarise(every)
