@@ -85,6 +85,10 @@ def main() -> None:
     parser.add_argument("--tap-lr", type=float, default=1e-3)
     parser.add_argument("--cache", type=Path, help="npz of the collected features: written once, then read back")
     parser.add_argument("--ridge", type=float, default=100.0)
+    parser.add_argument("--data-curve", action="store_true",
+                        help="also fit fresh TAPs (listwise) on 1/4, 1/2 and all of the train clips, and by 3-fold "
+                             "cross-validation on the test clips: is the parser short of clips, or of features "
+                             "that carry over from the clips the encoder trained on?")
     args = parser.parse_args()
     import torch
 
@@ -161,6 +165,23 @@ def main() -> None:
         for loss in ("paper", "listwise"):
             pred = fit_tap(config, tr_f[name], tr_true, te_f[name], loss, args.tap_steps, args.tap_lr)
             print(line(f"{name}: fresh TAP, {loss} loss ({args.tap_steps} steps, lr {args.tap_lr:g})", pred, te_true))
+        if args.data_curve:
+            data_curve(name, config, tr_f[name], tr_true, te_f[name], te_true, args)
+
+
+def data_curve(name: str, config, tr_f, tr_true, te_f, te_true, args) -> None:
+    """Fresh listwise TAPs on growing shares of the train clips, and 3-fold on the test clips (same steps)."""
+    rng = np.random.default_rng(0)
+    folds = np.array_split(rng.permutation(len(te_true)), 3)
+    for share in (0.25, 0.5, 1.0):
+        keep = rng.choice(len(tr_true), size=max(8, int(round(share * len(tr_true)))), replace=False)
+        pred = fit_tap(config, tr_f[keep], tr_true[keep], te_f, "listwise", args.tap_steps, args.tap_lr)
+        print(line(f"{name}: fresh TAP on {len(keep)} train clips", pred, te_true))
+    pred = np.zeros_like(te_true)
+    for k, fold in enumerate(folds):
+        rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
+        pred[fold] = fit_tap(config, te_f[rest], te_true[rest], te_f[fold], "listwise", args.tap_steps, args.tap_lr)
+    print(line(f"{name}: fresh TAP, 3-fold on the test clips (~{len(te_true) * 2 // 3} each)", pred, te_true))
 
 
 if __name__ == "__main__":
