@@ -154,8 +154,7 @@ class DiveStateMachine:
         self._seconds = dict.fromkeys(PHASE_NAMES, 0.0)
         self._dive: Dive | None = None
         self._count = 0
-        self._entry_seen = False
-        self._entry_at: float | None = None  # in a dive: stream time of the entry's first frame
+        self._entry_at: float | None = None  # in a dive: stream time of the entry's first frame (None: not yet)
         self._armed = True  # False after a dive ended by max_dive_s, until a frame that is not live
         self._live_run: list[tuple[float, np.ndarray]] = []  # outside a dive: consecutive live frames
         self._recent: deque[tuple[float, float]] = deque()  # outside a dive: (time, P(live) or -1 for replay)
@@ -246,7 +245,7 @@ class DiveStateMachine:
             start = at
         self._count += 1
         self._dive = Dive(self._count, start, source="auto")
-        self._entry_seen, self._entry_at = False, None
+        self._entry_at = None
         self._outside_run = self._advance_run = None
         self._end_run = []
         events.append(SegmentEvent("start", self._dive))
@@ -256,9 +255,13 @@ class DiveStateMachine:
         for at, probs in run[1:]:  # the held frames may already show the next phase
             self._advance(at, probs, decided, events)
 
+    @property
+    def _entry_seen(self) -> bool:
+        return self._entry_at is not None
+
     def _entered(self, phase: int, at: float) -> None:
-        if phase == ENTRY and not self._entry_seen:
-            self._entry_seen, self._entry_at = True, at
+        if phase == ENTRY and self._entry_at is None:
+            self._entry_at = at
 
     def _inside(self, at: float, probs: np.ndarray, decided: float, events: list) -> None:
         dive = self._dive
@@ -270,7 +273,7 @@ class DiveStateMachine:
             return
         replay, _, live_hold, _ = self._classify(probs)
         tail = self.durations["entry_tail_s"]
-        if tail > 0 and self._entry_at is not None and at >= self._entry_at + tail - 0.5 / self.fps:
+        if tail > 0 and self._entry_seen and at >= self._entry_at + tail - 0.5 / self.fps:
             after = [*self._end_run, (at, replay)]  # non-live frames already running end it where they began
             self._end_dive(after[0][0], decided, events, None, after)
             self._armed = False
