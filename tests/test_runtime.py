@@ -120,12 +120,15 @@ def demo_broadcast(tmp_path_factory) -> tuple[list[dict], list[dict], float]:
     generate_broadcasts(tmp_path, 1, seed=11, size=(320, 180), fps=25.0, dives_per_broadcast=24,
                         idle_seconds=(0.3, 0.5), score_seconds=0.5, replay_probability=0.0, progress=False)
     folder = tmp_path / "broadcasts"
+    truth = json.loads((folder / "broadcast_000.json").read_text())
+    # A buffer that holds the whole programme: the file decodes faster than the dives are scored, and on a busy
+    # machine the default 60 s buffer once dropped a dive's frames (the drop policy has tests of its own).
     options = LiveOptions(source=str(folder / "broadcast_000.mp4"), package=DEMO_PACKAGE, backend="onnxruntime",
                           segment=f"timecodes:{folder / 'broadcast_000.json'}",
-                          start_list=folder / "start_list_000.csv", events=tmp_path / "events.jsonl")
+                          start_list=folder / "start_list_000.csv", events=tmp_path / "events.jsonl",
+                          buffer_frames=truth["num_frames"] + 1)
     run_live(options, table=False)
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    truth = json.loads((folder / "broadcast_000.json").read_text())
     return [e for e in events if e["type"] == "score"], truth["dives"], 25.0
 
 
