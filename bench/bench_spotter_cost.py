@@ -34,7 +34,7 @@ def step_cost_ms(path: Path, spec: SpotterSpec, threads: int, steps: int, warmup
     session = onnx_session(path, providers=CPU_PROVIDERS, threads=threads)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (16, spec.input_height, spec.input_width, 3), dtype=np.uint8)
-    carry = {"state": spec.initial_state(), "t": 0}
+    carry = {"state": spec.start_state(), "t": 0}
 
     def step() -> None:
         frame = frames[carry["t"] % len(frames)][None]

@@ -3,8 +3,10 @@
 The spotter's probabilities become dives through :class:`fineparser.dive_state.DiveStateMachine`, whose
 thresholds (``live_enter``, ``live_exit``, ``replay_enter``, ``live_back``: the spotter spec's) and durations
 (``start_hold_s``, ``end_hold_s``, ``entry_tail_s``: the package's ``spotter.segmenter``) were set by hand.
-This runs the package's ``spotter.onnx`` once over every annotated broadcast under ``--data-root`` (the training
-format, docs/data.md "Annotated broadcasts"; use broadcasts the spotter was not trained on), then
+This first sets the state a stream starts from (:func:`settled_idle_state`: the spotter's mean state on settled
+idle frames, ``spotter.spec.initial_state``; with zeros, the spotter misreads a programme's first seconds), then
+runs the package's ``spotter.onnx`` over every annotated broadcast under ``--data-root`` (the training
+format, docs/data.md "Annotated broadcasts"; use broadcasts the spotter was not trained on) from that state, then
 replays the state machine on those probabilities for candidate settings (every combination of
 :data:`GRID_NAMES`' candidates, then one setting at a time, a few passes, durations included:
 one threshold alone can lose what two together win; ``entry_tail_s`` tries 0, off, and quantiles of the
@@ -20,6 +22,7 @@ well.  The chosen values, and the figures before and after, are written into the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -102,6 +105,47 @@ def entry_tail_candidates(recordings: list[Recording]) -> tuple[float, ...]:
     if not tails:
         return (0.0,)
     return (0.0, *sorted({round(float(np.quantile(tails, q)), 2) for q in TAIL_QUANTILES}))
+
+
+SETTLE_S = 1.0
+"""A frame's state counts as settled idle when this many seconds of frames up to it are all idle..."""
+WARM_S = 10.0
+"""...and it is at least this far into its broadcast (the first seconds still carry the zero start)."""
+
+
+def settled_idle_state(runner: Any, broadcasts: list, progress: bool = True) -> tuple[np.ndarray | None, int]:
+    """The spotter's mean recurrent state on settled idle frames of `broadcasts`, and how many frames it averages.
+
+    A live stream starts with no past. From zeros, a state the spotter never holds after its first frames, the
+    bundled spotter read a programme's opening close-up as a replay for 8 s, and missed the dive that followed
+    (docs/spotter.md, "Where a stream starts"). Started from the state it holds while nothing happens, it reads
+    the first frames as it reads any idle stretch. (None, 0) when no frame qualifies (broadcasts too short).
+    """
+    from tqdm import tqdm
+
+    from fineparser.broadcast_labels import read_broadcast_labels
+    from fineparser.spotter_spec import IDLE
+
+    total = np.zeros((1, runner.spec.hidden_size), dtype=np.float64)
+    count = 0
+    for b in tqdm(broadcasts, unit="video", desc="settled idle state", disable=not progress):
+        labels = read_broadcast_labels(b.annotation)
+        idle = np.asarray(labels.classes) == IDLE
+        settle, warm = max(1, round(SETTLE_S * labels.fps)), round(WARM_S * labels.fps)
+        # run[t]: idle frames in a row ending at frame t
+        run = np.zeros(len(idle), dtype=np.int64)
+        for t, is_idle in enumerate(idle):
+            run[t] = (run[t - 1] + 1 if t else 1) if is_idle else 0
+        runner.reset()
+        runner.state = np.zeros_like(runner.state)  # whatever the spec holds: calibrating twice gives one state
+        for t, frame in enumerate(b.frames):
+            runner.step(frame)
+            if t >= warm and t < len(run) and run[t] >= settle:
+                total += runner.state
+                count += 1
+    if count == 0:
+        return None, 0
+    return (total / count).astype(np.float32), count
 
 
 def record_broadcasts(runner: Any, root: Path, progress: bool = True) -> list[Recording]:
@@ -209,11 +253,19 @@ def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, 
     from fineparser.dive_state import segmenter_durations
     from fineparser.package import load_package, read_manifest, write_manifest
     from fineparser.spotter_runner import SpotterRunner, spotter_segmenter_settings
+    from train.spotter_data import load_broadcasts
 
     package = load_package(package_dir)
     runner = SpotterRunner.from_package(package)  # SpotterError (one line) when the package has none
     started = time.perf_counter()
-    recordings = record_broadcasts(runner, data_root, progress=progress)
+    broadcasts = load_broadcasts(data_root, runner.spec.input_hw, progress=progress)
+    state, idle_frames = settled_idle_state(runner, broadcasts, progress)
+    if state is None:
+        log.warning("no settled idle frame (%g s of idle, %g s or more into a broadcast) under %s: streams start "
+                    "from zeros; tune on longer broadcasts to start them in context", SETTLE_S, WARM_S, data_root)
+    runner.spec = dataclasses.replace(
+        runner.spec, initial_state=[] if state is None else [round(float(v), 6) for v in state.reshape(-1)])
+    recordings = record(runner, broadcasts, progress)
     frames = sum(len(r.probs) for r in recordings)
     log.info("spotter ran over %d broadcasts (%d frames, %d dives) in %.1f s", len(recordings), frames,
              sum(len(r.dives) for r in recordings), time.perf_counter() - started)
@@ -221,17 +273,19 @@ def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, 
     start = {**runner.spec.thresholds, **{k: durations[k] for k in DURATION_NAMES}}
     candidates = {**CANDIDATES, "entry_tail_s": entry_tail_candidates(recordings)}
     best, before, after = tune(recordings, runner.spec.lookahead, start, candidates)
-    record = {"data_root": str(data_root), "broadcasts": [r.name for r in recordings], "frames": frames,
+    tuning = {"data_root": str(data_root), "broadcasts": [r.name for r in recordings], "frames": frames,
+              "initial_state_frames": idle_frames,
               "match_tiou": DETECTION_TIOU, "before": {**before, "settings": start},
               "after": {**after, "settings": best}}
     manifest = read_manifest(package_dir)
     section = manifest["spotter"]
+    section["spec"]["initial_state"] = list(runner.spec.initial_state)
     section["spec"]["thresholds"] = {**section["spec"].get("thresholds", {}),
                                      **{k: best[k] for k in THRESHOLD_NAMES}}
     section["segmenter"] = {**(section.get("segmenter") or {}), **{k: best[k] for k in DURATION_NAMES}}
-    section["tuning"] = record
+    section["tuning"] = tuning
     write_manifest(package_dir, manifest, [])
-    return record
+    return tuning
 
 
 def format_record(record: dict[str, Any]) -> str:

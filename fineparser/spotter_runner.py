@@ -68,7 +68,7 @@ class SpotterRunner:
         if list(frame_shape[1:]) != [spec.input_height, spec.input_width, 3]:
             raise SpotterError(f"{path}: frame input {frame_shape} does not match the manifest's spotter spec "
                                f"[1, {spec.input_height}, {spec.input_width}, 3]: re-export the spotter")
-        self.state = spec.initial_state()
+        self.state = spec.start_state()
         self.steps = 0
         self.description = f"spotter {self.session.get_providers()[0]}, look-ahead {spec.lookahead}"
 
@@ -110,5 +110,5 @@ class SpotterRunner:
 
     def reset(self) -> None:
         """Forget the past (a new stream): zero state."""
-        self.state = self.spec.initial_state()
+        self.state = self.spec.start_state()
         self.steps = 0

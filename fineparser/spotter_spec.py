@@ -96,6 +96,9 @@ class SpotterSpec:
     std: list[float] = field(default_factory=lambda: list(spec.IMAGENET_STD))
     hidden_size: int = 128  # length of the recurrent state vector (graph input `state` [1, hidden_size])
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    # The state a stream starts from: [] is zeros; `fineparser-calibrate --segmenter` stores the spotter's settled
+    # idle state here (docs/spotter.md, "Where a stream starts"), so a programme's first frames are read in context.
+    initial_state: list[float] = field(default_factory=list)
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -106,8 +109,10 @@ class SpotterSpec:
         """A broadcast frame -> this spotter's input (see :func:`spotter_frame`)."""
         return spotter_frame(frame, self.input_hw)
 
-    def initial_state(self) -> np.ndarray:
-        """The recurrent state before the first frame: zeros float32 [1, hidden_size]."""
+    def start_state(self) -> np.ndarray:
+        """The recurrent state before a stream's first frame, float32 [1, hidden_size]: ``initial_state``, or zeros."""
+        if self.initial_state:
+            return np.asarray(self.initial_state, dtype=np.float32).reshape(1, self.hidden_size)
         return np.zeros((1, self.hidden_size), dtype=np.float32)
 
     def validate(self) -> SpotterSpec:
@@ -125,6 +130,11 @@ class SpotterSpec:
             raise SpotterSpecError(f"spotter mean/std must be 3 values each (std > 0), got {self.mean}, {self.std}")
         if self.hidden_size < 1:
             raise SpotterSpecError(f"spotter hidden_size must be positive, got {self.hidden_size}")
+        if self.initial_state and (len(self.initial_state) != self.hidden_size
+                                   or not np.all(np.isfinite(np.asarray(self.initial_state, dtype=np.float64)))):
+            raise SpotterSpecError(f"spotter initial_state has {len(self.initial_state)} values (finite ones needed: "
+                                   f"hidden_size {self.hidden_size}, or none for zeros): re-run "
+                                   "`fineparser-calibrate PKG --segmenter`")
         unknown = sorted(set(self.thresholds) - set(DEFAULT_THRESHOLDS))
         if unknown:
             raise SpotterSpecError(f"unknown spotter threshold(s) {', '.join(unknown)}; known: "
@@ -155,7 +165,7 @@ class SpotterSpec:
         values = dict(values)
         if "thresholds" in values:
             values["thresholds"] = {**DEFAULT_THRESHOLDS, **dict(values["thresholds"])}
-        for name in ("classes", "class_labels", "mean", "std"):
+        for name in ("classes", "class_labels", "mean", "std", "initial_state"):
             if name in values:
                 values[name] = list(values[name])
         return cls(**values).validate()

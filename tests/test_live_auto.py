@@ -647,6 +647,43 @@ def test_calibrate_segmenter_records_tuned_settings_the_runtime_reads(tmp_path, 
     assert len(err) == 1 and "has none" in err[0]
 
 
+def test_calibrate_segmenter_starts_streams_in_the_settled_idle_state(tmp_path, monkeypatch, caplog):
+    """From zeros the stand-in's first answers are no class at all; from the calibrated state they read idle."""
+    import calibration.segmenter as segmenter
+    from calibration.cli import main as calibrate_main
+    from fineparser.package import load_package
+    from runtime.spotter import SpotterRunner
+
+    folder = tmp_path / "val"
+    folder.mkdir()
+    programme(folder / "heat.mp4", labels(("idle", 20), ("approach", 12), ("flight", 10), ("entry", 5), ("idle", 30)))
+    (folder / "heat.json").write_text(json.dumps({"fps": FPS, "dives": [{"start_s": 20 / FPS, "end_s": 47 / FPS}]}))
+    idle_frame = np.full((90, 160, 3), COLOURS["idle"], np.uint8)
+
+    # The 3 s heat has no frame 10 s into it: the stream keeps its zero start, and the log says why.
+    short = make_package(tmp_path / "short", lookahead=3)
+    assert calibrate_main([str(short), "--segmenter", "--data-root", str(folder)]) == 0
+    assert load_package(short).manifest["spotter"]["spec"]["initial_state"] == []
+    assert "streams start from zeros" in caplog.text
+    assert SpotterRunner.from_package(load_package(short)).step(idle_frame).max() == 0.0
+
+    monkeypatch.setattr(segmenter, "WARM_S", 0.2)  # this heat is short; broadcasts are minutes long
+    package = make_package(tmp_path / "pkg", lookahead=3)
+    assert calibrate_main([str(package), "--segmenter", "--data-root", str(folder)]) == 0
+    loaded = load_package(package)
+    spec = loaded.manifest["spotter"]["spec"]
+    # settled: 1 s of idle at 25 fps; the 30 idle frames after the dive give 6 such frames
+    assert len(spec["initial_state"]) == spec["hidden_size"] and loaded.manifest["spotter"]["tuning"][
+        "initial_state_frames"] == 6
+    runner = SpotterRunner.from_package(loaded)
+    first = runner.step(idle_frame)
+    for _ in range(10):
+        settled = runner.step(idle_frame)
+    assert CLASS_NAMES[int(np.argmax(first))] == "idle" and np.allclose(first, settled, atol=0.02)
+    runner.reset()
+    assert np.allclose(runner.step(idle_frame), first)  # a new stream starts there again
+
+
 def test_calibrate_spotter_writes_measured_variants_and_refuses_one_that_misses(tmp_path, capsys, monkeypatch):
     pytest.importorskip("modelopt", reason="nvidia-modelopt[onnx] is not installed (pip install 'fineparser[calib]')")
     pytest.importorskip("timm")

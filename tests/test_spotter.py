@@ -115,7 +115,7 @@ def test_spotter_spec_imports_and_prepares_frames_without_torch():
             "spec = s.SpotterSpec.from_dict(s.SpotterSpec().to_dict())\n"
             "frame = spec.prepare(np.full((720, 1280, 3), 200, np.uint8))\n"
             "assert frame.shape == (*s.INPUT_HW, 3) and frame.dtype == np.uint8 and (frame == 200).all()\n"
-            "assert spec.initial_state().shape == (1, spec.hidden_size)\n")
+            "assert spec.start_state().shape == (1, spec.hidden_size)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
 
@@ -180,6 +180,17 @@ def test_spec_and_config_reject_unknown_keys_listing_the_known_ones():
     assert SpotterSpec.from_dict(spec.to_dict()) == spec and spec.thresholds["live_exit"] == 0.3
     with pytest.raises(SpotterSpecError, match="has no spotter"):
         SpotterSpec.from_manifest({"format": "fineparser-package"})
+
+
+def test_a_stream_starts_from_the_specs_initial_state_or_zeros():
+    spec = SpotterSpec(hidden_size=3)
+    assert spec.start_state().tolist() == [[0.0, 0.0, 0.0]]
+    warm = SpotterSpec.from_dict({**spec.to_dict(), "initial_state": [0.5, -1.0, 0.25]})
+    assert warm.start_state().dtype == np.float32 and warm.start_state().tolist() == [[0.5, -1.0, 0.25]]
+    with pytest.raises(SpotterSpecError, match=r"initial_state has 2 values .*hidden_size 3.*fineparser-calibrate"):
+        SpotterSpec.from_dict({**spec.to_dict(), "initial_state": [0.5, 1.0]})
+    with pytest.raises(SpotterSpecError, match="initial_state has 3 values"):
+        SpotterSpec.from_dict({**spec.to_dict(), "initial_state": [0.5, float("nan"), 1.0]})
 
 
 def test_summary_reports_parameters_flops_and_input(capsys):
