@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,12 +57,20 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 
 def _session(video: Path, package: Path, backend, segment: str | None, start_list: Path | None) -> list[dict]:
+    """One `fineparser-live` run over a recorded programme, its events. The buffer holds the whole programme:
+    a file decodes faster than dives are scored, and a dropped frame (the live policy for a slow consumer)
+    would change what is measured; a run that dropped one anyway is an error, not a figure."""
     bus = EventBus()
     events: list[dict] = []
     bus.subscribe(events.append)
-    run_live(LiveOptions(source=str(video), package=package, segment=segment, start_list=start_list),
-             backend=backend, bus=bus, table=False)
+    capture = cv2.VideoCapture(str(video))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    report = run_live(LiveOptions(source=str(video), package=package, segment=segment, start_list=start_list,
+                                  buffer_frames=max(frames, 1) + 64), backend=backend, bus=bus, table=False)
     bus.flush()
+    if report.dropped:
+        raise RuntimeError(f"{video}: {report.dropped} frame(s) dropped with a {frames + 64}-frame buffer")
     return events
 
 
