@@ -70,7 +70,10 @@ class SpotterRunner:
                                f"[1, {spec.input_height}, {spec.input_width}, 3]: re-export the spotter")
         self.state = spec.start_state()
         self.steps = 0
-        self.description = f"spotter {self.session.get_providers()[0]}, look-ahead {spec.lookahead}"
+        start = ("its settled idle state" if spec.initial_state else
+                 "zeros (`fineparser-calibrate PKG --segmenter` sets the state a stream starts from)")
+        self.description = (f"spotter {self.session.get_providers()[0]}, look-ahead {spec.lookahead}, "
+                            f"starts from {start}")
 
     @classmethod
     def from_package(cls, package: ModelPackage, providers: list[str] | None = None) -> SpotterRunner:

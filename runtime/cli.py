@@ -149,6 +149,7 @@ class LiveSession:
         self.segmenter: Segmenter | DiveStateMachine
         if self.segment == "auto":
             self.spotter = SpotterRunner.from_package(self.package)
+            log.info("%s", self.spotter.description)
             self.segmenter = DiveStateMachine(lookahead=self.spotter.spec.lookahead,
                                               thresholds=self.spotter.spec.thresholds,
                                               durations=spotter_segmenter_settings(self.package))

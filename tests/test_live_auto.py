@@ -665,7 +665,8 @@ def test_calibrate_segmenter_starts_streams_in_the_settled_idle_state(tmp_path, 
     assert calibrate_main([str(short), "--segmenter", "--data-root", str(folder)]) == 0
     assert load_package(short).manifest["spotter"]["spec"]["initial_state"] == []
     assert "streams start from zeros" in caplog.text
-    assert SpotterRunner.from_package(load_package(short)).step(idle_frame).max() == 0.0
+    cold = SpotterRunner.from_package(load_package(short))
+    assert cold.step(idle_frame).max() == 0.0 and "starts from zeros (`fineparser-calibrate" in cold.description
 
     monkeypatch.setattr(segmenter, "WARM_S", 0.2)  # this heat is short; broadcasts are minutes long
     package = make_package(tmp_path / "pkg", lookahead=3)
@@ -676,6 +677,7 @@ def test_calibrate_segmenter_starts_streams_in_the_settled_idle_state(tmp_path, 
     assert len(spec["initial_state"]) == spec["hidden_size"] and loaded.manifest["spotter"]["tuning"][
         "initial_state_frames"] == 6
     runner = SpotterRunner.from_package(loaded)
+    assert runner.description.endswith("starts from its settled idle state")  # the session logs it
     first = runner.step(idle_frame)
     for _ in range(10):
         settled = runner.step(idle_frame)
