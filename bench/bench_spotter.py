@@ -64,13 +64,13 @@ def _session(video: Path, package: Path, backend, segment: str | None, start_lis
     events: list[dict] = []
     bus.subscribe(events.append)
     capture = cv2.VideoCapture(str(video))
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capacity = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 1) + 64  # the count is an estimate: a margin
     capture.release()
     report = run_live(LiveOptions(source=str(video), package=package, segment=segment, start_list=start_list,
-                                  buffer_frames=max(frames, 1) + 64), backend=backend, bus=bus, table=False)
+                                  buffer_frames=capacity), backend=backend, bus=bus, table=False)
     bus.flush()
     if report.dropped:
-        raise RuntimeError(f"{video}: {report.dropped} frame(s) dropped with a {frames + 64}-frame buffer")
+        raise RuntimeError(f"{video}: {report.dropped} frame(s) dropped with a {capacity}-frame buffer")
     return events
 
 

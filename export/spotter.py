@@ -3,7 +3,7 @@
 Graph contract (every runtime steps it the same way, see docs/spotter.md)::
 
     inputs   frame      uint8   [1, H, W, 3]    spotter_spec.spotter_frame(broadcast frame)
-             state      float32 [1, hidden]     zeros before the first frame, then the last state_out
+             state      float32 [1, hidden]     SpotterSpec.start_state() first, then the last state_out
     outputs  probs      float32 [1, C]          softmax over spotter_spec.CLASS_NAMES, for frame t - lookahead
              state_out  float32 [1, hidden]
 

@@ -112,6 +112,6 @@ class SpotterRunner:
         return np.asarray(probs, dtype=np.float32).reshape(-1)
 
     def reset(self) -> None:
-        """Forget the past (a new stream): zero state."""
+        """Forget the past (a new stream): back to the spec's start state (``SpotterSpec.start_state``)."""
         self.state = self.spec.start_state()
         self.steps = 0
