@@ -154,6 +154,19 @@ def _resample(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 # --------------------------------------------------------------------------- per-frame steps
 
 
+def box_reduce_frame(frame: np.ndarray) -> np.ndarray:
+    """The integer box average that :func:`resize_frame` starts from (`frame` itself when none applies).
+
+    Reducing is idempotent: ``resize_frame(box_reduce_frame(f)) == resize_frame(f)`` bit for bit (the
+    largest factor was taken, so what is left shrinks less than 2 * REDUCING_GAP or has no small divisor).
+    The capture thread keeps the reduced frame so that the spotter's input (:func:`fineparser.spotter_spec.
+    spotter_frame`) starts from it instead of averaging the full frame a second time.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 frame, got shape {frame.shape}")
+    return _box_reduce(frame, RESIZE_HEIGHT, RESIZE_WIDTH)[0]
+
+
 def resize_frame(frame_rgb: np.ndarray) -> np.ndarray:
     """Resize an HxWx3 uint8 frame to 200x112x3 (aspect not kept), like PIL's bilinear resize."""
     if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:

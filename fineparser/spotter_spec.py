@@ -62,12 +62,20 @@ class SpotterSpecError(ValueError):
     """A spotter spec (manifest section) that is malformed or foreign."""
 
 
-def spotter_frame(frame: np.ndarray, input_hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
+def spotter_frame(frame: np.ndarray, input_hw: tuple[int, int] = INPUT_HW,
+                  reduced: np.ndarray | None = None) -> np.ndarray:
     """A broadcast frame (uint8 RGB [H, W, 3], any size) -> the spotter's input uint8 [h, w, 3].
 
-    The whole frame is resized (aspect not kept) with OpenCV's area filter, which averages every
-    source pixel when shrinking; the same call serves training, export parity and the runtime.
+    Two steps, the same call for training, export parity and the runtime: the model frame's integer box
+    average (:func:`fineparser.preprocess.box_reduce_frame`, 1080p -> 320x540), then OpenCV's area filter to
+    the input size (aspect not kept). Both average every source pixel, so the input is the full frame's area
+    average up to rounding in the middle (at most 1 level), and the capture thread, which reduces each frame
+    for the model anyway, pays only the second step: pass that reduction as `reduced`. When the reduction is
+    smaller than the input on a side (a large custom input), the full frame is resized instead.
+    Channel order is kept: a BGR frame gives a BGR input.
     """
+    from fineparser.preprocess import box_reduce_frame
+
     frame = np.asarray(frame)
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"spotter_frame expects a uint8 RGB frame [H, W, 3], got {frame.dtype} "
@@ -75,7 +83,12 @@ def spotter_frame(frame: np.ndarray, input_hw: tuple[int, int] = INPUT_HW) -> np
     height, width = input_hw
     if frame.shape[:2] == (height, width):
         return np.ascontiguousarray(frame)
-    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    source = box_reduce_frame(frame) if reduced is None else reduced
+    if source.shape[0] < height or source.shape[1] < width:
+        source = frame
+    if source.shape[:2] == (height, width):
+        return np.ascontiguousarray(source)
+    return cv2.resize(source, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def labelled_frame(step: int, lookahead: int) -> int:

@@ -272,10 +272,11 @@ class LiveSession:
             from runtime.overlay import OverlayWriter
 
             self.overlay = OverlayWriter(self.options.overlay, max_held=capacity)
-        # The spotter reads the capture thread's downscaled copy of each frame: the overlay's, or one of its own size.
-        preview_width = self.overlay.width if self.overlay else self.spotter.spec.input_width if self.spotter else None
+        # The capture thread makes the spotter's input of each frame (spotter_frame, from the model frame's reduction).
         self.capture = CaptureThread(self.source, self.buffer, self.bus.publish, realtime=self.options.realtime,
-                                     preview_width=preview_width, give_up_after=self.options.give_up_after,
+                                     preview_width=self.overlay.width if self.overlay else None,
+                                     spotter_hw=self.spotter.spec.input_hw if self.spotter else None,
+                                     give_up_after=self.options.give_up_after,
                                      read_timeout_s=self.options.read_timeout)
         if isinstance(self.segmenter, OperatorSegmenter) and sys.stdin is not None:
             self.segmenter.read_keys(dive_number=self.set_dive_number)
@@ -323,9 +324,8 @@ class LiveSession:
             self.segmenter.fps = self.capture.stats.fps or 25.0
             if self.overlay is not None:
                 self.overlay.delay_frames = self.segmenter.decision_delay_frames + 1
-        probs = self.spotter.step(cv2.cvtColor(item.preview, cv2.COLOR_BGR2RGB))
-        if self.overlay is None:
-            item.preview = None  # the spotter was its only reader: the ring buffer holds model frames only
+        probs = self.spotter.step(cv2.cvtColor(item.spotter, cv2.COLOR_BGR2RGB))
+        item.spotter = None  # read once: the ring buffer holds model frames (and overlay previews) only
         return self.segmenter.feed(item.time, probs)
 
     def _decided(self) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """Capture: decode a source on its own thread, stamp stream time, preprocess, keep a bounded ring buffer.
 
-Per frame the capture thread does a constant amount of work: decode, one
-:func:`fineparser.preprocess.prepare_frame_bgr` (resize to 200x112 + centre crop), an optional
+Per frame the capture thread does a constant amount of work: decode, one integer box average
+(:func:`fineparser.preprocess.box_reduce_frame`) that both the model frame
+(:func:`fineparser.preprocess.prepare_frame_bgr`: resize to 200x112 + centre crop) and the spotter's
+input (:func:`fineparser.spotter_spec.spotter_frame`, with ``--segment auto``) start from, an optional
 downscaled copy for the overlay, and one append.  It never waits for the consumer.
 
 Drop policy: the :class:`FrameBuffer` holds at most ``capacity`` frames.  When full, the oldest
@@ -30,7 +32,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fineparser.preprocess import prepare_frame_bgr
+from fineparser.preprocess import box_reduce_frame, prepare_frame_bgr
+from fineparser.spotter_spec import spotter_frame
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class CapturedFrame:
     time: float  # stream time in seconds
     frame: np.ndarray  # uint8 [112, 112, 3] RGB model frame
     preview: np.ndarray | None = None  # downscaled BGR programme frame (overlay only)
+    spotter: np.ndarray | None = None  # BGR spotter input (--segment auto only; the consumer frees it once read)
 
 
 class FrameBuffer:
@@ -175,7 +179,8 @@ class CaptureThread(threading.Thread):
     """Decodes one source into a FrameBuffer; publishes stream and warning events through `publish`."""
 
     def __init__(self, spec: SourceSpec, buffer: FrameBuffer, publish: Callable[..., Any], *,
-                 realtime: bool = False, preview_width: int | None = None, folder_fps: float = DEFAULT_FOLDER_FPS,
+                 realtime: bool = False, preview_width: int | None = None,
+                 spotter_hw: tuple[int, int] | None = None, folder_fps: float = DEFAULT_FOLDER_FPS,
                  backoff_start: float = 0.5, backoff_max: float = 8.0, give_up_after: float = 30.0,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 5.0) -> None:
         super().__init__(name=f"capture {spec.text}", daemon=True)
@@ -184,6 +189,7 @@ class CaptureThread(threading.Thread):
         self.publish = publish
         self.realtime = realtime and not spec.live
         self.preview_width = preview_width
+        self.spotter_hw = spotter_hw
         self.folder_fps = folder_fps
         self.backoff_start, self.backoff_max, self.give_up_after = backoff_start, backoff_max, give_up_after
         self.open_timeout_s = min(open_timeout_s, give_up_after)
@@ -350,12 +356,14 @@ class CaptureThread(threading.Thread):
                 wait = wall_start + (t - first_t) - time.monotonic()
                 if wait > 0:
                     self._stop_event.wait(wait)
-            model_frame = prepare_frame_bgr(frame)
+            reduced = box_reduce_frame(frame)
+            model_frame = prepare_frame_bgr(reduced)  # reducing is idempotent: the full frame's model frame
+            spotter = spotter_frame(frame, self.spotter_hw, reduced=reduced) if self.spotter_hw else None
             preview = None
             if self.preview_width:
                 height = max(2, int(round(frame.shape[0] * self.preview_width / frame.shape[1] / 2)) * 2)
                 preview = cv2.resize(frame, (self.preview_width, height), interpolation=cv2.INTER_AREA)
-            self.buffer.append(CapturedFrame(self.stats.frames, stream_t, model_frame, preview))
+            self.buffer.append(CapturedFrame(self.stats.frames, stream_t, model_frame, preview, spotter))
             if gap is not None:
                 before = self._last_time or 0.0
                 self.publish("stream", status="reconnected", source=self.spec.text, at_s=round(stream_t, 3),

@@ -141,6 +141,19 @@ def test_flip_after_resize_equals_pil_flip_before() -> None:
     assert diff.max() <= 1 and diff.mean() < 0.02
 
 
+@pytest.mark.parametrize("hw", [(1080, 1920), (720, 1280), (256, 455), (1125, 2000), (1000, 1933), (2160, 3840)])
+def test_the_capture_threads_box_reduction_leaves_the_model_frame_unchanged(hw) -> None:
+    # The capture thread reduces each frame once and makes the model frame from that: it must be the
+    # model frame of the full frame, bit for bit, whatever the size (a prime width reduces by nothing).
+    frame = natural_image(*hw, seed=hw[1])
+    reduced = pp.box_reduce_frame(frame)
+    assert reduced.shape[0] <= hw[0] and reduced.shape[1] <= hw[1]
+    np.testing.assert_array_equal(pp.box_reduce_frame(reduced), reduced)
+    np.testing.assert_array_equal(pp.prepare_frame_bgr(reduced), pp.prepare_frame_bgr(frame))
+    if hw == (1080, 1920):
+        assert reduced.shape == (540, 320, 3)  # what the spotter's input starts from (spotter_spec.spotter_frame)
+
+
 def test_resize_close_to_pil_on_broadcast_frames() -> None:
     frame = natural_image(1080, 1920, seed=7)
     diff = np.abs(pp.resize_frame(frame).astype(int) - pil_resize(frame).astype(int))

@@ -254,6 +254,36 @@ def test_frame_buffer_drops_oldest_unread():
     assert buffer.dropped == 2
 
 
+def test_capture_thread_makes_the_model_frame_and_the_spotter_input_of_each_frame(tmp_path):
+    # A 720p source: the thread reduces each frame once for both, and what it hands over must be what the
+    # one-call definitions make of the full frame (the model frame bit for bit; the spotter's input as
+    # training and calibration make it).
+    from fineparser.preprocess import prepare_frame_bgr
+    from fineparser.spotter_spec import spotter_frame
+    from runtime.sources import CaptureThread, parse_source
+
+    path = tmp_path / "hd.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (1280, 720))
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8), (7, 7), 2)
+        cv2.rectangle(image, (100 + 40 * i, 200), (300 + 40 * i, 500), (200, 180, 160), -1)
+        writer.write(image)
+    writer.release()
+    capture = cv2.VideoCapture(str(path))
+    decoded = [capture.read()[1] for _ in range(6)]
+    capture.release()
+    buffer = FrameBuffer(16)
+    thread = CaptureThread(parse_source(str(path)), buffer, lambda *a, **k: None, spotter_hw=(90, 160))
+    thread.start()
+    thread.join(timeout=60)
+    items = [buffer.read_next(0.01) for _ in range(6)]
+    for item, bgr in zip(items, decoded):
+        np.testing.assert_array_equal(item.frame, prepare_frame_bgr(bgr))
+        np.testing.assert_array_equal(item.spotter, spotter_frame(bgr, (90, 160)))
+        assert item.preview is None  # no overlay asked for
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

@@ -123,10 +123,21 @@ def test_spotter_spec_imports_and_prepares_frames_without_torch():
 def test_spotter_frame_is_an_area_resize_of_rgb_uint8():
     import cv2
 
-    frame = random_frames(1, (720, 1280), seed=8)[0]
+    from fineparser.preprocess import box_reduce_frame
+
+    frame = random_frames(1, (1080, 1920), seed=8)[0]
     out = spotter_spec.spotter_frame(frame, (90, 160))
     assert out.shape == (90, 160, 3)
-    np.testing.assert_array_equal(out, cv2.resize(frame, (160, 90), interpolation=cv2.INTER_AREA))
+    # From the model frame's box reduction (what the capture thread has anyway)...
+    reduced = box_reduce_frame(frame)
+    np.testing.assert_array_equal(out, cv2.resize(reduced, (160, 90), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(spotter_spec.spotter_frame(frame, (90, 160), reduced=reduced), out)
+    # ...which is the full frame's area average up to the rounding in the middle.
+    direct = cv2.resize(frame, (160, 90), interpolation=cv2.INTER_AREA)
+    assert np.abs(out.astype(int) - direct.astype(int)).max() <= 1
+    # An input larger than the reduction is made from the full frame, not upscaled from the reduction.
+    large = spotter_spec.spotter_frame(frame, (600, 400), reduced=reduced)
+    np.testing.assert_array_equal(large, cv2.resize(frame, (400, 600), interpolation=cv2.INTER_AREA))
     with pytest.raises(ValueError, match=r"uint8 RGB frame \[H, W, 3\].*float32"):
         spotter_spec.spotter_frame(frame.astype(np.float32))
 

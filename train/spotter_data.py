@@ -49,7 +49,9 @@ BROADCASTS_DIR = "broadcasts"
 """Folder of broadcasts below a data root (synth.broadcast.BROADCASTS_DIR)."""
 CACHE_DIR = ".spotter_cache"
 """Default frame cache folder, beside each video."""
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+"""Bumped whenever spotter_frame changes what it makes (2: from the model frame's box reduction).
+"""
 
 
 class SpotterDataError(DataError):
@@ -161,7 +163,7 @@ def _decode_to_npy(video: Path, input_hw: tuple[int, int], out: Path, progress: 
                 ok, bgr = cap.read()
                 if not ok:
                     break
-                raw.write(spotter_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), input_hw).tobytes())
+                raw.write(cv2.cvtColor(spotter_frame(bgr, input_hw), cv2.COLOR_BGR2RGB).tobytes())  # resize, then swap
                 count += 1
                 bar.update(1)
         cap.release()
