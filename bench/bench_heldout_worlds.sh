@@ -5,8 +5,8 @@
 # (default 120) is rendered once into runs/heldout/seed-N; the checkpoint is evaluated on all of its
 # test dives with that world's train split as the exemplars.  One row per world: Spearman rho and the
 # exemplar-mean baseline, AIoU@0.75 and the constant transition guess's, and the transition error in
-# frames of the 96 (median, share within 1 and 2) of the model and of the constant guess fitted on
-# that world's train split.  The table is also written to runs/heldout/<checkpoint run>.txt.
+# frames of the 96 (median, share within 1 and 2; then the median of each transition alone: the take-off's
+# end, the entry's start) of the model and of the constant guess fitted on that world's train split.  The table is also written to runs/heldout/<checkpoint run>.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -31,12 +31,14 @@ $PY - "$CKPT" "${records[@]}" <<'PYEOF' | tee "$WORK/$(basename "$(dirname "$CKP
 import json, sys
 print(f"checkpoint {sys.argv[1]}: held-out worlds, all test dives (transition errors in frames of the 96)")
 head = (f"{'world':>6}{'dives':>6}{'rho':>7}{'mean':>7}{'AIoU75':>8}{'guess':>7}"
-        f"{'tr med':>8}{'<=1':>6}{'<=2':>6}{'guess med':>10}{'<=1':>6}{'<=2':>6}")
+        f"{'tr med':>8}{'<=1':>6}{'<=2':>6}{'guess med':>10}{'<=1':>6}{'<=2':>6}"
+        f"{'1st / 2nd':>11}{'guess':>11}")
 print(head)
 for arg in sys.argv[2:]:
     seed, path = arg.split("=", 1)
     r = [json.loads(l) for l in open(path) if '"eval"' in l][-1]
     print(f"{seed:>6}{r['eval_dives']:>6}{r['rho']:>7.3f}{r['baseline_rho']:>7.3f}{r['aiou_75']:>8.3f}"
           f"{r['guess_aiou_75']:>7.3f}{r['tr_median']:>8.1f}{r['tr_within_1']:>6.2f}{r['tr_within_2']:>6.2f}"
-          f"{r['guess_tr_median']:>10.1f}{r['guess_tr_within_1']:>6.2f}{r['guess_tr_within_2']:>6.2f}")
+          f"{r['guess_tr_median']:>10.1f}{r['guess_tr_within_1']:>6.2f}{r['guess_tr_within_2']:>6.2f}"
+          f"{r['tr_median_1']:>6.1f} /{r['tr_median_2']:>4.1f}{r['guess_tr_median_1']:>6.1f} /{r['guess_tr_median_2']:>4.1f}")
 PYEOF

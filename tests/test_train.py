@@ -353,7 +353,8 @@ def test_the_parser_is_refit_before_each_training_evaluation_and_eval_reports_th
     # Next to each learned figure, its trivial guess: the exemplar mean for rho, the constant transition guess
     # (fitted on the train split) for AIoU and the transition error in frames.
     for key in ("rho", "baseline_rho", "aiou_75", "guess_aiou_75", "tr_median", "tr_within_1", "tr_within_2",
-                "guess_tr_median", "guess_tr_within_1", "guess_tr_within_2"):
+                "tr_median_1", "tr_median_2", "guess_tr_median", "guess_tr_within_1", "guess_tr_within_2",
+                "guess_tr_median_1", "guess_tr_median_2"):
         assert key in record, key
     assert 0 <= record["tr_within_1"] <= record["tr_within_2"] <= 1
     # --eval-only judges the checkpoint as it is: no refit.

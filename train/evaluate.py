@@ -178,21 +178,25 @@ def evaluate(model: FineParser, dataset: TestDataset, device: torch.device, *, r
     return result
 
 
+TRANSITION_KEYS = ("median", "within_1", "within_2", "median_1", "median_2")
+"""Figures of fineparser.metrics.transition_errors that evaluations report (as tr_* and guess_tr_*)."""
+
+
 def transition_report(pred_tr: np.ndarray, true_tr: np.ndarray, index: FineDivingIndex) -> dict[str, float]:
     """Transition error of the predictions and of the constant guess fitted on the training split.
 
-    Keys: tr_median, tr_within_1, tr_within_2 (frames of the 96, both transitions pooled) and the
-    same with guess_ for `ConstantTransitionGuess`, plus guess_aiou_75.  Empty without predictions.
+    Keys: tr_median, tr_within_1, tr_within_2 (frames of the 96, both transitions pooled), tr_median_1 and
+    tr_median_2 (the take-off's end and the entry's start alone) and the same with guess_ for
+    `ConstantTransitionGuess`, plus guess_aiou_75.  Empty without predictions.
     """
     if len(pred_tr) == 0:
         return {}
-    result = {f"tr_{k}": v for k, v in transition_errors(pred_tr, true_tr).items()
-              if k in ("median", "within_1", "within_2")}
+    result = {f"tr_{k}": v for k, v in transition_errors(pred_tr, true_tr).items() if k in TRANSITION_KEYS}
     train = [target_transitions(index.test_transitions(key)) for key in index.train_keys]
     if train:
         guess = ConstantTransitionGuess.fit(train).predict(len(true_tr))
         result.update({f"guess_tr_{k}": v for k, v in transition_errors(guess, true_tr).items()
-                       if k in ("median", "within_1", "within_2")})
+                       if k in TRANSITION_KEYS})
         result["guess_aiou_75"] = aiou(guess, true_tr, 0.75)
     return result
 
