@@ -48,7 +48,7 @@ def line(name: str, pred: np.ndarray, true: np.ndarray) -> str:
     s = transition_errors(pred, true)
     distinct = len({tuple(p) for p in np.asarray(pred).tolist()})
     return (f"{name:<52}{s['median']:>8.1f}{s['within_1']:>9.2f}{s['within_2']:>9.2f}"
-            f"{distinct:>9d}")
+            f"{distinct:>9d}{s['median_1']:>8.1f}{s['median_2']:>8.1f}")
 
 
 def fit_tap(config, train_f, train_t, test_f, loss: str, steps: int, lr: float = 1e-3, seed: int = 0) -> np.ndarray:
@@ -153,7 +153,8 @@ def main() -> None:
                      **{f"tr_f/{n}": v for n, v in tr_f.items()}, **{f"te_f/{n}": v for n, v in te_f.items()},
                      **{f"te_own/{n}": v for n, v in te_own.items()})
     print(f"{len(tr_true)} train / {len(te_true)} test clips; transition error on test, frames of the 96")
-    print(f"{'predictor':<52}{'median':>8}{'<=1':>9}{'<=2':>9}{'distinct':>9}")
+    print(f"{'predictor':<52}{'median':>8}{'<=1':>9}{'<=2':>9}{'distinct':>9}{'1st':>8}{'2nd':>8}"
+          "   (1st: the take-off's end; 2nd: the entry's start; median of each alone)")
     guess = ConstantTransitionGuess.fit(tr_true)
     print(line("constant guess (train medians)", guess.predict(len(te_true)), te_true))
     print(line(f"ridge on pixels (lam {args.ridge:g})", ridge_predict(tr_px, tr_true, te_px, args.ridge), te_true))
