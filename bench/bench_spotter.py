@@ -228,6 +228,42 @@ def spotter_cost_ms(package: Path, frames: int = 300) -> float:
     return 1000.0 * statistics.median(times)
 
 
+def tail_sweep(package: Path, folders: list[Path], tails: list[float]) -> list[dict]:
+    """The end of dives against ``entry_tail_s``: each value replayed through the auto segmenter's state machine.
+
+    The spotter is stepped once over every broadcast (fresh stream, the package's start state) and its outputs
+    are fed to ``DiveStateMachine`` with the package's thresholds and durations, only ``entry_tail_s`` changed
+    (the offline path ``fineparser-calibrate --segmenter`` tunes on; the live session runs the same machine on
+    the same outputs).  Per value: F1, end error in frames, and how long after the true end ``dive_end`` is
+    decided (stream seconds, over matched dives), the latency goal's figure."""
+    from calibration.segmenter import detect, record_broadcasts
+
+    loaded = load_package(package)
+    runner = SpotterRunner.from_package(loaded)
+    base = {**runner.spec.thresholds, **spotter_segmenter_settings(loaded)}
+    recordings = [r for folder in folders for r in record_broadcasts(runner, folder / "broadcasts", progress=False)]
+    rows = []
+    for tail in tails:
+        settings = {**base, "entry_tail_s": tail}
+        tp = fp = fn = 0
+        ends, after = [], []
+        for rec in recordings:
+            found = detect(rec, runner.spec.lookahead, settings)
+            matched = match_detections(rec.dives, [(a, b) for a, b, _ in found])
+            tp, fp, fn = tp + len(matched), fp + len(found) - len(matched), fn + len(rec.dives) - len(matched)
+            for i, j in matched.items():
+                ends.append(abs(found[j][1] - rec.dives[i][1]) * rec.fps)
+                after.append(found[j][2] - rec.dives[i][1])
+        rows.append({"entry_tail_s": tail, "dives": tp + fn, "matched": tp,
+                     "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+                     "end_err_median": float(np.median(ends)) if ends else float("nan"),
+                     "end_err_p95": float(np.percentile(ends, 95)) if ends else float("nan"),
+                     "end_decided_after_s_median": float(np.median(after)) if after else float("nan"),
+                     "end_decided_after_s_max": max(after, default=float("nan")),
+                     "decided_later_than_0_5_s": sum(a > 0.5 for a in after)})
+    return rows
+
+
 def ingest_1080p(package: Path, out: Path, seconds: float, backend) -> dict:
     """Frames/s of capture + spotter on a 1080p50 H.264 programme, and drops with --realtime."""
     folder = out / "ingest1080"
@@ -259,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sensitivity", action="store_true",
                         help="also score every dive with its true boundaries moved (2 frames inwards; the end at the "
                              "true entry + entry_tail_s): the score difference that boundaries alone make")
+    parser.add_argument("--tail-sweep", metavar="S,S,...",
+                        help="also replay the sets' spotter outputs with each entry_tail_s (s; 0: off): end error "
+                             "against how late dive_end is decided")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     loaded = load_package(args.package)
@@ -282,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         report["sets"][f"{name}:{seed}"] = summarise(results)
     report["all"] = summarise(every)
     report["spotter_ms_per_frame"] = spotter_cost_ms(args.package)
+    if args.tail_sweep:
+        folders = [args.out / item.replace(":", "_") for item in args.sets.split(",")]
+        report["tail_sweep"] = tail_sweep(args.package, folders, [float(v) for v in args.tail_sweep.split(",")])
     if args.ingest_1080p > 0:
         report["ingest_1080p50"] = ingest_1080p(args.package, args.out, args.ingest_1080p, backend)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -292,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<22}" + "".join(f"{figures[k]:>15.3f}" if isinstance(figures[k], float) else
                                       f"{figures[k]:>15}" for k in keys))
     print(f"spotter: {report['spotter_ms_per_frame']:.2f} ms/frame (median, onnxruntime CPU)")
+    if "tail_sweep" in report:
+        print(f"{'entry_tail_s':>12}{'f1':>7}{'end err median / p95':>22}{'dive_end decided after, s: median':>36}"
+              f"{'max':>7}{'> 0.5 s':>9}")
+        for r in report["tail_sweep"]:
+            print(f"{r['entry_tail_s']:>12.2f}{r['f1']:>7.3f}{r['end_err_median']:>13.1f} / {r['end_err_p95']:<6.1f}"
+                  f"{r['end_decided_after_s_median']:>36.2f}{r['end_decided_after_s_max']:>7.2f}"
+                  f"{r['decided_later_than_0_5_s']:>6d} of {r['matched']}")
     if "ingest_1080p50" in report:
         print("ingest 1080p50 + spotter:", json.dumps(report["ingest_1080p50"]))
     print(f"report: {args.out / 'report.json'}")
