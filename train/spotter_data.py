@@ -50,8 +50,7 @@ BROADCASTS_DIR = "broadcasts"
 CACHE_DIR = ".spotter_cache"
 """Default frame cache folder, beside each video."""
 CACHE_FORMAT = 2
-"""Bumped whenever spotter_frame changes what it makes (2: from the model frame's box reduction).
-"""
+"""Bumped whenever spotter_frame changes what it makes (2: from the model frame's box reduction)."""
 
 
 class SpotterDataError(DataError):
