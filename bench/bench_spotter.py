@@ -236,7 +236,7 @@ def tail_sweep(package: Path, folders: list[Path], tails: list[float]) -> list[d
     (the offline path ``fineparser-calibrate --segmenter`` tunes on; the live session runs the same machine on
     the same outputs).  Per value: F1, end error in frames, and how long after the true end ``dive_end`` is
     decided (stream seconds, over matched dives), the latency goal's figure."""
-    from calibration.segmenter import detect, record_broadcasts
+    from calibration.segmenter import match, record_broadcasts
 
     loaded = load_package(package)
     runner = SpotterRunner.from_package(loaded)
@@ -244,23 +244,13 @@ def tail_sweep(package: Path, folders: list[Path], tails: list[float]) -> list[d
     recordings = [r for folder in folders for r in record_broadcasts(runner, folder / "broadcasts", progress=False)]
     rows = []
     for tail in tails:
-        settings = {**base, "entry_tail_s": tail}
-        tp = fp = fn = 0
-        ends, after = [], []
-        for rec in recordings:
-            found = detect(rec, runner.spec.lookahead, settings)
-            matched = match_detections(rec.dives, [(a, b) for a, b, _ in found])
-            tp, fp, fn = tp + len(matched), fp + len(found) - len(matched), fn + len(rec.dives) - len(matched)
-            for i, j in matched.items():
-                ends.append(abs(found[j][1] - rec.dives[i][1]) * rec.fps)
-                after.append(found[j][2] - rec.dives[i][1])
-        rows.append({"entry_tail_s": tail, "dives": tp + fn, "matched": tp,
-                     "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-                     "end_err_median": float(np.median(ends)) if ends else float("nan"),
-                     "end_err_p95": float(np.percentile(ends, 95)) if ends else float("nan"),
-                     "end_decided_after_s_median": float(np.median(after)) if after else float("nan"),
-                     "end_decided_after_s_max": max(after, default=float("nan")),
-                     "decided_later_than_0_5_s": sum(a > 0.5 for a in after)})
+        m = match(recordings, runner.spec.lookahead, {**base, "entry_tail_s": tail})
+        rows.append({"entry_tail_s": tail, "dives": m.tp + m.fn, "matched": m.tp, "f1": m.f1,
+                     "end_err_median": float(np.median(m.ends)) if m.ends else float("nan"),
+                     "end_err_p95": float(np.percentile(m.ends, 95)) if m.ends else float("nan"),
+                     "end_decided_after_s_median": float(np.median(m.after_s)) if m.after_s else float("nan"),
+                     "end_decided_after_s_max": max(m.after_s, default=float("nan")),
+                     "decided_later_than_0_5_s": sum(a > 0.5 for a in m.after_s)})
     return rows
 
 

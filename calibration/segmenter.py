@@ -179,31 +179,57 @@ def detect(recording: Recording, lookahead: int, settings: dict[str, float]) -> 
     return dives
 
 
-def figures(recordings: list[Recording], lookahead: int, settings: dict[str, float]) -> dict[str, Any]:
-    """Detection figures of `settings` pooled over the recordings, and their cost (lower is better)."""
-    tp = fp = fn = on_replay = 0
-    starts, ends, delays = [], [], []
+@dataclass
+class Matched:
+    """The auto segmenter's dives on recordings, matched to the true ones (tIoU >= DETECTION_TIOU)."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    on_replay: int = 0  # unmatched detections overlapping a replay
+    starts: list[float] = dataclasses.field(default_factory=list)  # per matched dive: |start error|, frames
+    ends: list[float] = dataclasses.field(default_factory=list)  # |end error|, frames
+    after_s: list[float] = dataclasses.field(default_factory=list)  # decided - true end, stream s (may be < 0)
+    fps: list[float] = dataclasses.field(default_factory=list)  # the dive's stream rate
+
+    @property
+    def f1(self) -> float:
+        return 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp else 0.0
+
+
+def match(recordings: list[Recording], lookahead: int, settings: dict[str, float]) -> Matched:
+    """Detect on every recording with `settings` and match the detections to the true dives."""
+    m = Matched()
     for rec in recordings:
         detected = detect(rec, lookahead, settings)
         matched = match_detections(rec.dives, [(s, e) for s, e, _ in detected])
-        tp += len(matched)
-        fn += len(rec.dives) - len(matched)
+        m.tp += len(matched)
+        m.fn += len(rec.dives) - len(matched)
         unmatched = [d for i, d in enumerate(detected) if i not in matched.values()]
-        fp += len(unmatched)
-        on_replay += sum(1 for s, e, _ in unmatched if any(min(e, b) > max(s, a) for a, b in rec.replays))
+        m.fp += len(unmatched)
+        m.on_replay += sum(1 for s, e, _ in unmatched if any(min(e, b) > max(s, a) for a, b in rec.replays))
         for truth, found in matched.items():
             (start, end), (s, e, decided) = rec.dives[truth], detected[found]
-            starts.append(abs(s - start) * rec.fps)
-            ends.append(abs(e - end) * rec.fps)
-            delays.append(max(decided - end, 0.0) * rec.fps)
+            m.starts.append(abs(s - start) * rec.fps)
+            m.ends.append(abs(e - end) * rec.fps)
+            m.after_s.append(decided - end)
+            m.fps.append(rec.fps)
+    return m
+
+
+def figures(recordings: list[Recording], lookahead: int, settings: dict[str, float]) -> dict[str, Any]:
+    """Detection figures of `settings` pooled over the recordings, and their cost (lower is better)."""
+    m = match(recordings, lookahead, settings)
+    starts, ends = m.starts, m.ends
+    delays = [max(after, 0.0) * fps for after, fps in zip(m.after_s, m.fps)]
     timing = (statistics.mean(a + b for a, b in zip(starts, ends)) if starts else 0.0)
     delay = statistics.mean(delays) if delays else 0.0
-    return {"dives": tp + fn, "detected": tp + fp, "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-            "missed": fn, "false_dives": fp, "false_on_replay": on_replay,
+    return {"dives": m.tp + m.fn, "detected": m.tp + m.fp, "f1": m.f1,
+            "missed": m.fn, "false_dives": m.fp, "false_on_replay": m.on_replay,
             "start_err_median": float(np.median(starts)) if starts else float("nan"),
             "end_err_median": float(np.median(ends)) if ends else float("nan"),
             "end_decided_after_median_frames": float(np.median(delays)) if delays else float("nan"),
-            "cost": round(100.0 * (fn + fp) + timing + 0.5 * delay, 4)}
+            "cost": round(100.0 * (m.fn + m.fp) + timing + 0.5 * delay, 4)}
 
 
 def _valid(settings: dict[str, float]) -> bool:

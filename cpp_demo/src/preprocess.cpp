@@ -205,6 +205,8 @@ TriangleFilter triangle_filter(int in_size, int out_size, double scale) {
   return filter;
 }
 
+// Twin of fineparser.preprocess._reduction_factor; with box_reduce, of box_reduce_frame (the Python capture
+// thread keeps that reduction for the spotter's input too; this demo has no spotter, so it only resizes on).
 int reduction_factor(int in_size, int out_size) {
   const double shrink = static_cast<double>(in_size) / out_size / kReducingGap;
   int factor = std::max(static_cast<int>(shrink), 1);
