@@ -18,7 +18,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 records=()
 for seed in $SEEDS; do
   data="$WORK/seed-$seed-$DIVES"
-  if [ ! -f "$data/synth.json" ]; then
+  # Rendered once per world version: a cached set of another version is rendered again.
+  if ! $PY -c "import json,sys; from synth.dataset import SYNTH_VERSION as v; sys.exit(json.load(open('$data/synth.json'))['version'] != v)" 2>/dev/null; then
     $PY -m synth --out "$data" --dives "$DIVES" --seed "$seed" --workers 2 --quiet --overwrite
   fi
   out="$WORK/eval-$(basename "$(dirname "$CKPT")")-$(basename "$CKPT" .pt)-seed-$seed"

@@ -38,6 +38,7 @@ from runtime.cli import LiveOptions, run_live  # noqa: E402
 from runtime.events import EventBus  # noqa: E402
 from runtime.spotter import SpotterRunner, spotter_segmenter_settings  # noqa: E402
 from synth import generate_broadcasts  # noqa: E402
+from synth.dataset import SYNTH_VERSION  # noqa: E402
 
 # name -> generate_broadcasts settings; "default" is the training set's, the others each change one thing.
 SETTINGS = {
@@ -47,6 +48,11 @@ SETTINGS = {
     "slow_replays": {"replay_speed": 0.25, "max_replays": 3, "replay_probability": 1.0,
                      "replay_banner_probability": 0.0},
 }
+
+
+def _rendered_in_this_world(truth_json: Path) -> bool:
+    """Whether a broadcast cached by an earlier run exists and was rendered by this world version."""
+    return truth_json.is_file() and json.loads(truth_json.read_text()).get("world_version") == SYNTH_VERSION
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -257,7 +263,7 @@ def tail_sweep(package: Path, folders: list[Path], tails: list[float]) -> list[d
 def ingest_1080p(package: Path, out: Path, seconds: float, backend) -> dict:
     """Frames/s of capture + spotter on a 1080p50 H.264 programme, and drops with --realtime."""
     folder = out / "ingest1080"
-    if not (folder / "broadcasts" / "broadcast_000.mp4").is_file():
+    if not _rendered_in_this_world(folder / "broadcasts" / "broadcast_000.json"):
         generate_broadcasts(folder, 1, seed=999, size=(1920, 1080), fps=50.0, dives_per_broadcast=1,
                             idle_seconds=(seconds / 2, seconds / 2), score_seconds=0.5, replay_probability=0.0,
                             cutaway_probability=0.0, overwrite=True, progress=False)
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.sets.split(","):
         name, seed = item.split(":")
         folder = args.out / f"{name}_{seed}"
-        if not (folder / "broadcasts" / "broadcast_000.json").is_file():
+        if not _rendered_in_this_world(folder / "broadcasts" / "broadcast_000.json"):
             generate_broadcasts(folder, args.broadcasts, seed=int(seed), size=(width, height),
                                 dives_per_broadcast=args.dives, overwrite=True, progress=False, **SETTINGS[name])
         results = []
