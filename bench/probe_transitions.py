@@ -9,6 +9,10 @@ the test split, the transition error in frames of the 96 (median, share within 1
 
 - the constant guess fitted on the train split (`fineparser.metrics.ConstantTransitionGuess`);
 - pixels: ridge regression from grey levels pooled to 96 frames x 4 x 4;
+- with `--frame-probe G`: each transition read frame by frame (a ridge classifier of "after the
+  transition" on one frame's grey levels and its change from the frame before, pooled to G x G, then the
+  split of the 96 frames that agrees best with it): whether the pixels show the moment at all; and the
+  same pixels averaged over each of the encoder's nine windows, ridge: what is left once a window is one vector;
 - per encoder (`--package` ONNX encoder, `--checkpoint`, `--init-preset` fresh model): ridge from its
   nine window features, the model's own TAP, and a fresh TAP fitted on the cached window features
   with the paper's per-frame BCE and with the trainer's transition loss (`train.trainer.transition_loss`).
@@ -29,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fineparser.data import DataPaths, FineDivingIndex  # noqa: E402
 from fineparser.metrics import ConstantTransitionGuess, transition_errors  # noqa: E402
-from fineparser.spec import target_transitions  # noqa: E402
+from fineparser.spec import WINDOW_LENGTH, WINDOW_STARTS, target_transitions  # noqa: E402
 
 
 def pixel_features(frames: np.ndarray) -> np.ndarray:
@@ -37,11 +41,42 @@ def pixel_features(frames: np.ndarray) -> np.ndarray:
     return grey.reshape(96, 4, 28, 4, 28).mean((2, 4)).ravel()
 
 
-def ridge_predict(train_x, train_y, test_x, lam: float) -> np.ndarray:
+def frame_features(frames: np.ndarray, grid: int) -> np.ndarray:
+    """Per-frame pixels for the frame probe: grey levels and the change from the frame before, each pooled to
+    grid x grid. [96, 2 * grid * grid]"""
+    grey = frames.astype(np.float32).mean(-1) / 255.0
+    cell = grey.shape[1] // grid
+    pooled = grey[:, : cell * grid, : cell * grid].reshape(len(grey), grid, cell, grid, cell).mean((2, 4))
+    change = np.abs(np.diff(grey, axis=0, prepend=grey[:1]))
+    change = change[:, : cell * grid, : cell * grid].reshape(len(grey), grid, cell, grid, cell).mean((2, 4))
+    return np.concatenate([pooled.reshape(len(grey), -1), change.reshape(len(grey), -1)], axis=1)
+
+
+def frame_probe(tr_x: np.ndarray, tr_true: np.ndarray, te_x: np.ndarray, lam: float) -> np.ndarray:
+    """Transitions read frame by frame: for each transition a ridge classifier of "after it" on one frame's
+    pixels, then the split of the 96 frames (in the transition's half) that agrees best with its outputs."""
+    pred = np.zeros((len(te_x), 2), np.int64)
+    idx = np.arange(tr_x.shape[1])
+    for j, (lo, hi) in enumerate(((0, 48), (48, 96))):
+        y = (idx[None] > tr_true[:, j : j + 1]).astype(np.float32)  # [clips, 96]
+        score = ridge_scores(tr_x.reshape(-1, tr_x.shape[-1]), y.reshape(-1), te_x.reshape(-1, te_x.shape[-1]), lam)
+        score = score.reshape(len(te_x), -1) - 0.5
+        # agreement of split s: frames <= s should score low, frames > s high
+        after = np.cumsum(score[:, ::-1], axis=1)[:, ::-1]  # sum over frames >= i
+        gain = np.concatenate([after[:, 1:], np.zeros((len(te_x), 1))], axis=1)  # frames > s
+        pred[:, j] = lo + gain[:, lo:hi].argmax(1)
+    return pred
+
+
+def ridge_scores(train_x, train_y, test_x, lam: float) -> np.ndarray:
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     a, b = (train_x - mu) / sd, (test_x - mu) / sd
     w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (train_y - train_y.mean(0)))
-    return np.clip(np.rint(b @ w + train_y.mean(0)), 0, 95).astype(np.int64)
+    return b @ w + train_y.mean(0)
+
+
+def ridge_predict(train_x, train_y, test_x, lam: float) -> np.ndarray:
+    return np.clip(np.rint(ridge_scores(train_x, train_y, test_x, lam)), 0, 95).astype(np.int64)
 
 
 def line(name: str, pred: np.ndarray, true: np.ndarray) -> str:
@@ -85,6 +120,9 @@ def main() -> None:
     parser.add_argument("--tap-lr", type=float, default=1e-3)
     parser.add_argument("--cache", type=Path, help="npz of the collected features: written once, then read back")
     parser.add_argument("--ridge", type=float, default=100.0)
+    parser.add_argument("--frame-probe", type=int, default=0, metavar="GRID",
+                        help="also read each transition frame by frame from one frame's pixels and its change from "
+                             "the frame before, pooled to GRID x GRID (a ridge classifier, then the best split)")
     parser.add_argument("--data-curve", action="store_true",
                         help="also fit fresh TAPs (listwise) on 1/4, 1/2 and all of the train clips, and by 3-fold "
                              "cross-validation on the test clips: is the parser short of clips, or of features "
@@ -126,11 +164,15 @@ def main() -> None:
         from fineparser.preprocess import normalize_clip
         return torch.from_numpy(normalize_clip(frames))[None]
 
+    per_frame: dict[int, list] = {}
+
     def collect(keys):
         pixels, true, feats, own = [], [], {n: [] for n in encoders}, {n: [] for n in encoders}
         for key in keys:
             clip = index.load_clip(key, train=False)
             pixels.append(pixel_features(clip.frames))
+            if args.frame_probe:
+                per_frame.setdefault(id(keys), []).append(frame_features(clip.frames, args.frame_probe))
             true.append(np.minimum(target_transitions(clip.transitions), 95))
             for name, (run, _) in encoders.items():
                 f, tr = run(clip.frames)
@@ -158,6 +200,17 @@ def main() -> None:
     guess = ConstantTransitionGuess.fit(tr_true)
     print(line("constant guess (train medians)", guess.predict(len(te_true)), te_true))
     print(line(f"ridge on pixels (lam {args.ridge:g})", ridge_predict(tr_px, tr_true, te_px, args.ridge), te_true))
+    if args.frame_probe:
+        if len(per_frame) != 2:
+            raise SystemExit("--frame-probe needs the clips themselves: run it without --cache")
+        tr_x, te_x = (np.array(v) for v in per_frame.values())
+        print(line(f"frame probe on pixels ({args.frame_probe}x{args.frame_probe}, lam {args.ridge:g})",
+                   frame_probe(tr_x, tr_true, te_x, args.ridge), te_true))
+        # The same pixels as the encoder's nine windows see them when a window is one vector: each window's
+        # frames averaged (time inside a window gone), then ridge to the two transitions.
+        tr_w, te_w = (np.stack([x[:, s : s + WINDOW_LENGTH].mean(1) for s in WINDOW_STARTS], 1).reshape(len(x), -1)
+                      for x in (tr_x, te_x))
+        print(line("same pixels averaged per window, ridge", ridge_predict(tr_w, tr_true, te_w, args.ridge), te_true))
     for name, (_, config) in encoders.items():
         flat_tr, flat_te = tr_f[name].reshape(len(tr_true), -1), te_f[name].reshape(len(te_true), -1)
         print(line(f"{name}: own TAP", te_own[name], te_true))
