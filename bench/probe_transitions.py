@@ -46,10 +46,12 @@ def frame_features(frames: np.ndarray, grid: int) -> np.ndarray:
     grid x grid. [96, 2 * grid * grid]"""
     grey = frames.astype(np.float32).mean(-1) / 255.0
     cell = grey.shape[1] // grid
-    pooled = grey[:, : cell * grid, : cell * grid].reshape(len(grey), grid, cell, grid, cell).mean((2, 4))
-    change = np.abs(np.diff(grey, axis=0, prepend=grey[:1]))
-    change = change[:, : cell * grid, : cell * grid].reshape(len(grey), grid, cell, grid, cell).mean((2, 4))
-    return np.concatenate([pooled.reshape(len(grey), -1), change.reshape(len(grey), -1)], axis=1)
+
+    def pool(x: np.ndarray) -> np.ndarray:
+        x = x[:, : cell * grid, : cell * grid].reshape(len(x), grid, cell, grid, cell)
+        return x.mean((2, 4)).reshape(len(x), -1)
+
+    return np.concatenate([pool(grey), pool(np.abs(np.diff(grey, axis=0, prepend=grey[:1])))], axis=1)
 
 
 def frame_probe(tr_x: np.ndarray, tr_true: np.ndarray, te_x: np.ndarray, lam: float) -> np.ndarray:
