@@ -96,6 +96,7 @@ class PairForward:
     transition_probs: Tensor  # [2B, 96, 2]: clip_1 rows then clip_2 rows
     predicted_transitions: Tensor  # [2B, 2]
     mask_logits: Tensor | None  # [2B, 9, 5, 16, 112, 112]
+    window_features: Tensor | None = None  # [2B, 9, D] gated window features (what the temporal parser reads)
 
 
 def split_windows(x: Tensor) -> Tensor:
@@ -269,7 +270,8 @@ class FineParser(nn.Module):
         out_12, out_21 = self.pair_both_ways(gated, static, used_1, used_2)
         return PairForward(delta_12=out_12.delta, delta_21=out_21.delta,
                            transition_probs=torch.cat([probs_1, probs_2]),
-                           predicted_transitions=torch.cat([pred_1, pred_2]), mask_logits=masks)
+                           predicted_transitions=torch.cat([pred_1, pred_2]), mask_logits=masks,
+                           window_features=gated)
 
 
 def parameter_counts(model: FineParser) -> dict[str, int]:

@@ -49,9 +49,10 @@ def run_module(args: list[str], **kw) -> subprocess.CompletedProcess:
 def test_two_gloo_workers_end_with_identical_weights(synth_root, tmp_path):
     out = tmp_path / "ddp"
     proc = run_module(["--config", str(CONFIG), "--data-root", str(synth_root), "--out", str(out), "--nproc", "2",
-                       "--max-steps", "2", *FAST, "data.use_masks=true"])
+                       "--max-steps", "2", *FAST, "data.use_masks=true", "loss.window_timing=10"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     end = events(out, "end")[-1]
+    assert end["loss_window_timing"] > 0  # the training-only head trained on both ranks (DDP wraps it too)
     assert events(out, "start")[0]["world"] == 2
     assert end["steps"] == 2 and end["weights_identical_across_ranks"] is True
     assert len(set(end["rank_weight_digests"])) == 1 and len(end["rank_weight_digests"]) == 2
@@ -62,17 +63,47 @@ def test_two_gloo_workers_end_with_identical_weights(synth_root, tmp_path):
 
 
 def test_resume_continues_exactly(synth_root, tmp_path):
-    base = [*FAST, *MICRO, "eval_at_end=false", "data.use_masks=true"]
+    # With the training-only window-timing head: its weights must come back too, or the resumed run drifts.
+    base = [*FAST, *MICRO, "eval_at_end=false", "data.use_masks=true", "optim.backbone_lr_factor=0.5",
+            "loss.window_timing=10"]
     cfg = load_config(CONFIG, [*base, f"data.root={synth_root}", "max_steps=4"])
     straight = train(cfg, tmp_path / "straight")
     cfg_half = load_config(CONFIG, [*base, f"data.root={synth_root}", "max_steps=2"])
     train(cfg_half, tmp_path / "resumed")
     resumed = train(cfg, tmp_path / "resumed", resume=True)
     assert straight["steps"] == resumed["steps"] == 4
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    a_ckpt = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b_ckpt = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    a, b = a_ckpt["model"], b_ckpt["model"]
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     assert worst <= 1e-6, worst
+    heads_a, heads_b = a_ckpt["trainer"]["training_heads"], b_ckpt["trainer"]["training_heads"]
+    assert sorted(heads_a) == ["timing_head.bias", "timing_head.weight"]
+    assert max((heads_a[k] - heads_b[k]).abs().max().item() for k in heads_a) <= 1e-6
+    # Each part at its configured rate: the I3D trunk, the parser, the head (lr x 30 by default), the rest.
+    rates = [g["initial_lr"] for g in a_ckpt["trainer"]["optimizer"]["param_groups"]]
+    assert rates == pytest.approx([cfg.optim.lr * 0.5, cfg.optim.lr, cfg.optim.lr * 30, cfg.optim.lr])
+    # The model's weights are FineParser's only: the package and an official-layout load never see the head.
+    assert not any("timing" in k for k in a)
+    # Resuming with another objective would silently drop (or invent) the head: one clear error instead.
+    cfg_other = load_config(CONFIG, [*base, "loss.window_timing=0", f"data.root={synth_root}", "max_steps=6"])
+    with pytest.raises(TrainingError, match="training heads .*loss.window_timing"):
+        train(cfg_other, tmp_path / "resumed", resume=True)
+
+
+def test_the_window_timing_readout_asks_each_window_frame_which_side_of_each_transition_it_is():
+    from train.trainer import window_timing_loss, window_timing_targets
+
+    targets = window_timing_targets(torch.tensor([[20, 76]]))  # first frames of flight and entry
+    assert targets.shape == (1, 9, 16, 2)
+    # Window 1 holds frames 10..25: frames 10..19 are before flight, 20..25 in it; none is in the entry yet.
+    assert targets[0, 1, :, 0].tolist() == [0.0] * 10 + [1.0] * 6 and not targets[0, 1, :, 1].any()
+    # Window 7 holds frames 70..85: all after the first transition, from frame 76 on after the second.
+    assert targets[0, 7, :, 0].all() and targets[0, 7, :, 1].tolist() == [0.0] * 6 + [1.0] * 10
+    # The loss is ~0 for logits that say exactly that, and large for the same logits one frame off.
+    logits = (targets * 2 - 1).reshape(1, 9, 32) * 30
+    assert float(window_timing_loss(logits, torch.tensor([[20, 76]]))) < 1e-6
+    assert float(window_timing_loss(logits, torch.tensor([[21, 76]]))) > 0.1
 
 
 def test_loss_decreases_when_overfitting_a_fixed_pair(tmp_path):

@@ -40,12 +40,18 @@ class OptimConfig:
 
     lr: float = 1e-3
     lr_factor: float = 0.1
+    backbone_lr_factor: float | None = None
+    """The I3D backbone at lr x this; None: lr x lr_factor (the paper's, for Kinetics weights).  A trunk trained
+    from scratch at a tenth of the rate hardly moves from its random init in a short run (docs/train.md)."""
     parser_lr_factor: float = 1.0
     """The temporal parser (psnet_model) at lr x parser_lr_factor (1: the paper's single rate)."""
     parser_refit_steps: int = 0
     """Before each evaluation in training, fit the temporal parser for this many steps on the window features of
     the training clips (encoder frozen, test-mode clips); 0: never (the paper)."""
     parser_refit_lr: float = 1e-3
+    window_timing_lr_factor: float = 30.0
+    """The training-only window-timing head (loss.window_timing) at lr x this: at the encoder's rate, a fresh linear
+    read-out needs more steps than a `tiny` run has to reach even the frames' prior, and tells the encoder little."""
     weight_decay: float = 0.0
     warmup_epochs: float = 5.0
     grad_clip: float = 0.0
@@ -60,6 +66,8 @@ class LossConfig:
     mask: float = 1.0
     transition_form: str = "listwise"
     """Temporal parser loss: "paper" (per-frame BCE only) or "listwise" (BCE + argmax cross-entropy)."""
+    window_timing: float = 0.0
+    """Weight of the training-only window-timing read-out (0: the paper's objective; docs/train.md)."""
     class_weights: str | list[float] | None = None
     """Spotter cross-entropy weight per class (idle, approach, flight, entry, replay), or "balanced"."""
 
@@ -165,6 +173,8 @@ class TrainConfig:
         if o.parser_refit_steps < 0 or o.parser_refit_lr <= 0 or o.parser_lr_factor <= 0:
             problems.append("optim.parser_refit_steps must be >= 0, optim.parser_refit_lr and "
                             "optim.parser_lr_factor > 0")
+        if not self.loss.window_timing >= 0:
+            problems.append(f"loss.window_timing must be >= 0, got {self.loss.window_timing}")
         if self.loss.transition_form not in ("paper", "listwise"):
             problems.append(f"loss.transition_form must be 'paper' or 'listwise', got {self.loss.transition_form!r}")
         if self.task not in TASKS:

@@ -59,6 +59,14 @@ class Task:
         """A fresh model to train (with any configured pretrained weights), on the CPU."""
         raise NotImplementedError
 
+    def training_module(self, model: nn.Module) -> nn.Module:
+        """What the loop's DDP wraps, the optimizer steps and gradient clipping sees.
+
+        The model itself, or a module holding it as ``.model`` beside training-only heads: their weights
+        travel in the trainer state of a checkpoint (for exact resume), never in the model's weights.
+        """
+        return model
+
     def train_set(self) -> Any:
         """The training dataset: indexable, with set_epoch(epoch) choosing the epoch's random draws."""
         raise NotImplementedError

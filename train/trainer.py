@@ -41,7 +41,7 @@ from fineparser.checkpoint import (
 from fineparser.data import DataPaths, FineDivingIndex, PairDataset, TestDataset
 from fineparser.model import FineParser, PairForward, split_windows
 from fineparser.preprocess import normalize_clip
-from fineparser.spec import NUM_FRAMES, target_transitions
+from fineparser.spec import NUM_FRAMES, WINDOW_LENGTH, WINDOW_STARTS, target_transitions
 from train.config import TrainConfig
 from train.evaluate import eval_due, evaluate, format_best_table, update_best
 from train.tasks import Autocast, SpotterTask, Task
@@ -271,8 +271,64 @@ def transition_loss(probs: torch.Tensor, transitions: torch.Tensor, form: str = 
     return bce + (ce_1 + ce_2).mean() / 2
 
 
-def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: bool) -> dict[str, torch.Tensor]:
-    """The paper's objective: score MSE both ways + transition BCE + focal loss on 5 mask maps."""
+class WindowTimingTraining(torch.nn.Module):
+    """FineParser plus a training-only linear read-out of within-window timing from each window feature.
+
+    The temporal parser reads nine window features, each pooled over 16 frames; a transition frame can only
+    be read from them if the features say where in a window the step changes.  The score loss does not ask
+    for that, and the parser's gradient reaches the encoder weakly (docs/train.md, "Temporal parser").  This
+    head asks each window feature, through one linear layer, for every one of its 16 frames: is it at or
+    after the first transition, at or after the second.  It is not part of the network: checkpoints keep
+    FineParser's weights only (the head's travel in the trainer state), and export never sees it.
+    """
+
+    def __init__(self, model: FineParser) -> None:
+        super().__init__()
+        self.model = model
+        self.timing_head = torch.nn.Linear(model.config.feature_dim, WINDOW_LENGTH * 2)
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[PairForward, torch.Tensor]:
+        out = self.model(*args, **kwargs)
+        return out, self.timing_head(out.window_features)  # [2B, 9, 32] logits
+
+
+def window_timing_targets(transitions: torch.Tensor) -> torch.Tensor:
+    """[N, 9, 16, 2]: 1 where frame WINDOW_STARTS[k] + j is at or after transition c (target convention)."""
+    frames = (torch.tensor(WINDOW_STARTS, device=transitions.device)[:, None]
+              + torch.arange(WINDOW_LENGTH, device=transitions.device))  # [9, 16]
+    return (frames[None, :, :, None] >= transitions[:, None, None, :]).float()
+
+
+def window_timing_loss(logits: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
+    """BCE of the timing read-out [N, 9, 32] against the frames' sides of the transitions [N, 2]."""
+    target = window_timing_targets(transitions)
+    return F.binary_cross_entropy_with_logits(logits.float().reshape(target.shape), target)
+
+
+def training_head_state(module: torch.nn.Module, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a `Task.training_module` that are not the model's (its training-only heads)."""
+    if module is model:
+        return {}
+    return {k: v for k, v in module.state_dict().items() if not k.startswith("model.")}
+
+
+def load_training_heads(module: torch.nn.Module, model: torch.nn.Module, saved: dict[str, torch.Tensor],
+                        path: Path) -> None:
+    """Restore the training-only heads of `module` from a checkpoint's trainer state (exact resume)."""
+    wanted = set(training_head_state(module, model))
+    if set(saved) != wanted:
+        raise TrainingError(f"--resume: {path} holds training heads {sorted(saved) or 'none'} but this config trains "
+                            f"{sorted(wanted) or 'none'} (loss.window_timing); resume with the run's own config")
+    if wanted:
+        module.load_state_dict({**{f"model.{k}": v for k, v in model.state_dict().items()}, **saved})
+
+
+def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: bool,
+                   timing_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The paper's objective: score MSE both ways + transition BCE + focal loss on 5 mask maps.
+
+    With `timing_logits` (the `WindowTimingTraining` read-out), its BCE joins at weight `loss.window_timing`.
+    """
     q, e = batch["query"], batch["exemplar"]
     sq, se = q["score"].float(), e["score"].float()
     score = F.mse_loss(out.delta_12.float(), sq - se) + F.mse_loss(out.delta_21.float(), se - sq)
@@ -281,6 +337,9 @@ def compute_losses(out: PairForward, batch: dict, cfg: TrainConfig, use_masks: b
     transition = transition_loss(out.transition_probs, transitions, cfg.loss.transition_form)
     losses = {"score": score, "transition": transition}
     total = cfg.loss.score * score + cfg.loss.transition * transition
+    if timing_logits is not None:
+        losses["window_timing"] = window_timing_loss(timing_logits, transitions)
+        total = total + cfg.loss.window_timing * losses["window_timing"]
     if use_masks and out.mask_logits is not None:
         masks = split_windows(torch.cat([q["mask"], e["mask"]]))[:, :, 0].round()  # [2B, 9, 16, H, W]
         logits = out.mask_logits.float()
@@ -361,22 +420,31 @@ class FineParserTask(Task):
             load_imagenet_resnet(model, self.cfg.resnet_weights)
         return model
 
+    def training_module(self, model: FineParser) -> torch.nn.Module:
+        return WindowTimingTraining(model) if self.cfg.loss.window_timing > 0 else model
+
     def train_set(self) -> PairDataset:
         return PairDataset(self.index, seed=self.cfg.seed, with_masks=self.use_masks)
 
-    def param_groups(self, model: FineParser) -> list[dict[str, Any]]:
+    def param_groups(self, module: torch.nn.Module) -> list[dict[str, Any]]:
+        model = getattr(module, "model", module)
         backbone = list(model.base_model.parameters())
         parser = list(model.psnet_model.parameters())
+        heads = [] if module is model else list(module.timing_head.parameters())  # training-only
         taken = {id(p) for p in backbone + parser}
         rest = [p for p in model.parameters() if id(p) not in taken]
         o = self.cfg.optim
-        return [{"params": backbone, "lr": o.lr * o.lr_factor}, {"params": parser, "lr": o.lr * o.parser_lr_factor},
-                {"params": rest, "lr": o.lr}]
+        backbone_factor = o.lr_factor if o.backbone_lr_factor is None else o.backbone_lr_factor
+        groups = [{"params": backbone, "lr": o.lr * backbone_factor},
+                  {"params": parser, "lr": o.lr * o.parser_lr_factor}]
+        if heads:
+            groups.append({"params": heads, "lr": o.lr * o.window_timing_lr_factor})
+        return [*groups, {"params": rest, "lr": o.lr}]
 
-    def train_mode(self, model: FineParser) -> None:
-        model.train()
+    def train_mode(self, module: torch.nn.Module) -> None:
+        module.train()
         if self.cfg.freeze_i3d_bn:
-            freeze_i3d_batchnorm(model)
+            freeze_i3d_batchnorm(getattr(module, "model", module))
 
     def prepare(self, batch: dict) -> dict[str, int]:
         return {"transition_targets_clamped": training_transitions(batch)}
@@ -385,7 +453,10 @@ class FineParserTask(Task):
         with autocast():
             out = ddp(batch["query"]["video"], batch["exemplar"]["video"], batch["query"]["transitions"],
                       batch["exemplar"]["transitions"], with_masks=self.use_masks)
-        return compute_losses(out, batch, self.cfg, self.use_masks)
+        timing = None
+        if isinstance(out, tuple):  # WindowTimingTraining
+            out, timing = out
+        return compute_losses(out, batch, self.cfg, self.use_masks, timing)
 
     def batch_keys(self, batch: dict) -> str:
         return f"query {', '.join(batch['query']['key'])}, exemplar {', '.join(batch['exemplar']['key'])}"
@@ -570,7 +641,8 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
         return metrics
 
     model = convert_sync_batchnorm(task.build_model(), cfg, worker)
-    model.to(worker.device)
+    module = task.training_module(model)  # the model, or the model plus training-only heads
+    module.to(worker.device)
 
     # ---- data ------------------------------------------------------------------------------
     train_set = task.train_set()
@@ -588,7 +660,7 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
 
     # ---- optimizer and schedule ------------------------------------------------------------
     o = cfg.optim
-    optimizer = torch.optim.Adam(task.param_groups(model), lr=o.lr, weight_decay=o.weight_decay)
+    optimizer = torch.optim.Adam(task.param_groups(module), lr=o.lr, weight_decay=o.weight_decay)
     from timm.scheduler.cosine_lr import CosineLRScheduler
 
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, schedule_steps), lr_min=o.lr * o.lr_factor,
@@ -610,6 +682,7 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
         data = task.read_checkpoint(last)
         model.load_state_dict(data["model"])
         trainer = data["trainer"]
+        load_training_heads(module, model, trainer.get("training_heads", {}), last)
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
         scaler.load_state_dict(trainer["scaler"])
@@ -623,9 +696,9 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
             log.info("resumed %s at step %d (epoch %d, batch %d of the epoch)", last, state["step"],
                      state["epoch"], state["batch_in_epoch"])
 
-    ddp = model
+    ddp = module
     if worker.world > 1:
-        ddp = DistributedDataParallel(model, device_ids=[worker.local_rank] if worker.device.type == "cuda" else None,
+        ddp = DistributedDataParallel(module, device_ids=[worker.local_rank] if worker.device.type == "cuda" else None,
                                       find_unused_parameters=task.find_unused_parameters)
     runlog = RunLog(run_dir, worker.main)
     if worker.main:
@@ -644,7 +717,7 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
         trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
                    "rng_cuda": torch.cuda.get_rng_state(worker.device) if worker.device.type == "cuda" else None,
-                   "train_config": cfg.to_dict(), **state}
+                   "train_config": cfg.to_dict(), "training_heads": training_head_state(module, model), **state}
         task.save(run_dir / path_name, model, trainer, **(extra or {}))
 
     def run_eval() -> dict[str, float]:
@@ -686,7 +759,7 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
                                 sampler=ResumableSampler(sampler, state["batch_in_epoch"] * cfg.batch_size),
                                 num_workers=cfg.data.num_workers, pin_memory=worker.device.type == "cuda",
                                 persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            task.train_mode(model)
+            task.train_mode(module)
             bar = tqdm(total=batches_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch}",
                        unit="batch", disable=not worker.main, leave=False)
             group: list[MicroStep] = []  # the micro-steps of the coming optimizer step
@@ -723,7 +796,7 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
                 group = []
                 if o.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
