@@ -62,11 +62,35 @@ def frame_probe(tr_x: np.ndarray, tr_true: np.ndarray, te_x: np.ndarray, lam: fl
     for j, (lo, hi) in enumerate(((0, 48), (48, 96))):
         y = (idx[None] > tr_true[:, j : j + 1]).astype(np.float32)  # [clips, 96]
         score = ridge_scores(tr_x.reshape(-1, tr_x.shape[-1]), y.reshape(-1), te_x.reshape(-1, te_x.shape[-1]), lam)
-        score = score.reshape(len(te_x), -1) - 0.5
-        # agreement of split s: frames <= s should score low, frames > s high
-        after = np.cumsum(score[:, ::-1], axis=1)[:, ::-1]  # sum over frames >= i
-        gain = np.concatenate([after[:, 1:], np.zeros((len(te_x), 1))], axis=1)  # frames > s
-        pred[:, j] = lo + gain[:, lo:hi].argmax(1)
+        pred[:, j] = best_split(score.reshape(len(te_x), -1), lo, hi)
+    return pred
+
+
+def best_split(score: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """[clips, 96] "after the transition" scores (0..1) -> the split s in [lo, hi) that agrees best with them:
+    frames <= s should score low, frames > s high."""
+    after = np.cumsum((score - 0.5)[:, ::-1], axis=1)[:, ::-1]  # sum over frames >= i
+    gain = np.concatenate([after[:, 1:], np.zeros((len(score), 1))], axis=1)  # frames > s
+    return lo + gain[:, lo:hi].argmax(1)
+
+
+def window_probe(tr_f: np.ndarray, tr_true: np.ndarray, te_f: np.ndarray, lam: float) -> np.ndarray:
+    """Transitions read from the window features as a window sees time: one ridge map (shared by the nine
+    windows) from a window's feature to "after the transition" for each of its 16 frames, each frame's
+    outputs averaged over the windows that hold it, then the best split.  What the parser could read if it
+    decoded the features well; the frame probe's counterpart for features [clips, 9, D]."""
+    frames = np.array(WINDOW_STARTS)[:, None] + np.arange(WINDOW_LENGTH)  # [9, 16]
+    cover = np.zeros(96)
+    np.add.at(cover, frames.ravel(), 1.0)
+    pred = np.zeros((len(te_f), 2), np.int64)
+    for j, (lo, hi) in enumerate(((0, 48), (48, 96))):
+        y = (frames[None] > tr_true[:, j, None, None]).astype(np.float32)  # [clips, 9, 16]
+        out = ridge_scores(tr_f.reshape(-1, tr_f.shape[-1]), y.reshape(-1, WINDOW_LENGTH),
+                           te_f.reshape(-1, te_f.shape[-1]), lam).reshape(len(te_f), len(WINDOW_STARTS), -1)
+        score = np.zeros((len(te_f), 96))
+        for k, row in enumerate(frames):
+            score[:, row] += out[:, k]
+        pred[:, j] = best_split(score / cover, lo, hi)
     return pred
 
 
@@ -118,7 +142,7 @@ def main() -> None:
     parser.add_argument("--package", type=Path, help="a model package: its ONNX encoder")
     parser.add_argument("--checkpoint", action="append", default=[], help="a trained checkpoint (repeatable)")
     parser.add_argument("--init-preset", help="also probe a freshly initialised model of this preset")
-    parser.add_argument("--tap-steps", type=int, default=1500)
+    parser.add_argument("--tap-steps", type=int, default=1500, help="fresh TAP fits; 0: none")
     parser.add_argument("--tap-lr", type=float, default=1e-3)
     parser.add_argument("--cache", type=Path, help="npz of the collected features: written once, then read back")
     parser.add_argument("--ridge", type=float, default=100.0)
@@ -210,15 +234,20 @@ def main() -> None:
                    frame_probe(tr_x, tr_true, te_x, args.ridge), te_true))
         # The same pixels as the encoder's nine windows see them when a window is one vector: each window's
         # frames averaged (time inside a window gone), then ridge to the two transitions.
-        tr_w, te_w = (np.stack([x[:, s : s + WINDOW_LENGTH].mean(1) for s in WINDOW_STARTS], 1).reshape(len(x), -1)
-                      for x in (tr_x, te_x))
-        print(line("same pixels averaged per window, ridge", ridge_predict(tr_w, tr_true, te_w, args.ridge), te_true))
+        tr_w, te_w = (np.stack([x[:, s : s + WINDOW_LENGTH].mean(1) for s in WINDOW_STARTS], 1) for x in (tr_x, te_x))
+        print(line("same pixels averaged per window, ridge",
+                   ridge_predict(tr_w.reshape(len(tr_w), -1), tr_true, te_w.reshape(len(te_w), -1), args.ridge),
+                   te_true))
+        print(line("same pixels averaged per window, window probe", window_probe(tr_w, tr_true, te_w, args.ridge),
+                   te_true))
     for name, (_, config) in encoders.items():
         flat_tr, flat_te = tr_f[name].reshape(len(tr_true), -1), te_f[name].reshape(len(te_true), -1)
         print(line(f"{name}: own TAP", te_own[name], te_true))
         print(line(f"{name}: ridge on window features", ridge_predict(flat_tr, tr_true, flat_te, args.ridge),
                    te_true))
-        for loss in ("paper", "listwise"):
+        print(line(f"{name}: window probe (per-frame ridge)", window_probe(tr_f[name], tr_true, te_f[name],
+                                                                           args.ridge), te_true))
+        for loss in ("paper", "listwise") if args.tap_steps > 0 else ():
             pred = fit_tap(config, tr_f[name], tr_true, te_f[name], loss, args.tap_steps, args.tap_lr)
             print(line(f"{name}: fresh TAP, {loss} loss ({args.tap_steps} steps, lr {args.tap_lr:g})", pred, te_true))
         if args.data_curve:
