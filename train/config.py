@@ -175,6 +175,8 @@ class TrainConfig:
                             "optim.parser_lr_factor > 0")
         if not self.loss.window_timing >= 0:
             problems.append(f"loss.window_timing must be >= 0, got {self.loss.window_timing}")
+        if not (o.backbone_lr_factor is None or o.backbone_lr_factor > 0) or not o.window_timing_lr_factor > 0:
+            problems.append("optim.backbone_lr_factor must be null or > 0, optim.window_timing_lr_factor > 0")
         if self.loss.transition_form not in ("paper", "listwise"):
             problems.append(f"loss.transition_form must be 'paper' or 'listwise', got {self.loss.transition_form!r}")
         if self.task not in TASKS:
