@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fineparser.package import load_package  # noqa: E402
 from fineparser.preprocess import prepare_frame_bgr  # noqa: E402
+from fineparser.scoring import EdgeOffsets  # noqa: E402
 from runtime.backends import load_backend, warm_up  # noqa: E402
 from runtime.scorer import DiveScorer  # noqa: E402
 from runtime.segments import Dive  # noqa: E402
@@ -106,21 +107,25 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000.0
 
 
-def latency(package_dir: Path, backend_name: str, repeats: int) -> tuple[str, list[float]]:
-    """Dive-end-to-score milliseconds of one backend on a 250-frame dive (96 sampled)."""
+def latency(package_dir: Path, backend_name: str, repeats: int) -> tuple[str, dict[int, list[float]]]:
+    """Dive-end-to-score milliseconds of one backend on a 240-frame dive (96 sampled), by segments scored: the
+    one segment as found, and the mean over the package's scoring.edge_offsets_s (when it names more than one)."""
     package = load_package(package_dir)
     bank = package.bank()
     backend = load_backend(backend_name, package)
     warm_up(backend, bank.pair_head_inputs(bank.select("", k=1)[0]))
-    scorer = DiveScorer(backend, bank, int(package.manifest.get("scoring", {}).get("voter_number", 10)))
+    voters = int(package.manifest.get("scoring", {}).get("voter_number", 10))
     rng = np.random.default_rng(0)
     frames = [CapturedFrame(i, i / 50.0, rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)) for i in range(250)]
+    lead, dive = frames[:10], frames[10:]
     dive_number = str(bank.dive_number[0])
-    times = []
-    for _ in range(repeats):
-        ended = time.perf_counter()
-        result = scorer.score(Dive(1, 0.0, 5.0, dive_number), frames, ended)
-        times.append(result.event["latency_ms"])
+    times: dict[int, list[float]] = {}
+    for offsets in dict.fromkeys([EdgeOffsets(), package.edge_offsets()]):
+        scorer = DiveScorer(backend, bank, voters, edge_offsets=offsets)
+        for _ in range(repeats):
+            ended = time.perf_counter()
+            result = scorer.score(Dive(1, 0.2, 5.0, dive_number), dive, ended, lead=lead)
+            times.setdefault(result.event["segments"], []).append(result.event["latency_ms"])
     return backend.description, times
 
 
@@ -154,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # a backend missing here is a row, not a failure
                 rows.append((f"latency {label} {name}", f"unavailable: {exc}"))
                 continue
-            rows.append((f"latency {label} {description}", f"median {statistics.median(times):.0f} ms, "
-                         f"min {min(times):.0f} ms, max {max(times):.0f} ms ({len(times)} dives)"))
+            for segments, values in times.items():
+                rows.append((f"latency {label} {description}, {segments} segment(s)",
+                             f"median {statistics.median(values):.0f} ms, min {min(values):.0f} ms, "
+                             f"max {max(values):.0f} ms ({len(values)} dives)"))
     width = max(len(r[0]) for r in rows)
     print(f"\nruntime benchmark ({cv2.getNumThreads()} OpenCV threads)")
     for name, value in rows:

@@ -45,6 +45,7 @@ from fineparser.package import (
     write_manifest,
 )
 from fineparser.preprocess import center_crop_top
+from fineparser.scoring import EDGE_AVERAGE_OFFSETS, EDGE_OFFSETS_KEY, EdgeOffsets
 
 log = logging.getLogger("export")
 
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--add-spotter", action="store_true",
                         help="CKPT is a spotter checkpoint: add its graph to the existing package --out (replacing "
                              "one it has); nothing else is exported")
+    parser.add_argument("--edge-average", action="store_true",
+                        help="score each dive as the mean over 6 segments with its start moved by -0.08, 0, +0.08 s "
+                             "and its end by -0.08, 0 s (manifest scoring.edge_offsets_s): scores move half as much "
+                             "with 2-frame boundary errors, for 6 times the scoring work (docs/runtime.md); default: "
+                             "each dive once, on its segment as found")
     parser.add_argument("--calib-clips", type=int, default=32, metavar="N",
                         help="calibration clips for fp16/int8 (fineparser-calibrate --clips; default 32)")
     return parser
@@ -193,7 +199,7 @@ def _open_index(data_root: Path, voter_number: int) -> Any:
 def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], index: Any = None,
                    exemplars_per_dive: int | None = None, opset: int | None = None, with_masks: bool = True,
                    parity_clip_count: int = DEFAULT_PARITY_CLIPS, training: dict[str, Any] | None = None,
-                   spotter: Any = None) -> dict[str, Any]:
+                   spotter: Any = None, edge_offsets: EdgeOffsets | None = None) -> dict[str, Any]:
     """Write every package file and manifest.json into `package_dir`; returns the manifest."""
     from export.audit import audit_files
     from export.bank import build_bank, choose_exemplars, write_bank
@@ -250,7 +256,8 @@ def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], ind
         "graphs": graphs,
         "scoring": {"rule": "score = mean over k of (final_score[k] + delta[k])",
                     "voter_number": model.config.voter_number, "exemplar_choice": "ExemplarBank.select",
-                    "fallback_order": list(FALLBACK_ORDER)},
+                    "fallback_order": list(FALLBACK_ORDER),
+                    EDGE_OFFSETS_KEY: (edge_offsets or EdgeOffsets()).to_scoring()},
         "bank": bank_section,
         "parity": parity,
         "audit": audit,
@@ -408,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export_package(model, staging, source=source, index=index,
                                   exemplars_per_dive=args.exemplars_per_dive, opset=args.opset,
                                   with_masks=not args.no_masks_graph, parity_clip_count=args.parity_clips,
-                                  training=training, spotter=spotter)
+                                  training=training, spotter=spotter,
+                                  edge_offsets=EDGE_AVERAGE_OFFSETS if args.edge_average else EdgeOffsets())
         drift = manifest["parity"]["score_drift"]
         if not manifest["parity"]["passed"]:
             raise ExportError(f"error: fp32 score drift {drift['max']:.2e} exceeds {drift['tolerance']:.0e} "

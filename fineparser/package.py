@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fineparser.scoring import EdgeOffsets
 from fineparser.spec import canonical_dive_number
 
 PACKAGE_FORMAT = "fineparser-package"
@@ -210,6 +211,14 @@ class ModelPackage:
             raise PackageError(f"{self.root} has no exemplar bank: re-export with "
                                "`fineparser-export CKPT --data-root DIR` to build one from the training split")
         return ExemplarBank.from_npz(self.path(BANK_NPZ_FILE))
+
+    def edge_offsets(self) -> EdgeOffsets:
+        """How a dive's boundaries are moved to average its score (manifest ``scoring.edge_offsets_s``; a package
+        without it scores the one segment as found); a malformed entry is a PackageError naming the manifest."""
+        try:
+            return EdgeOffsets.from_scoring(self.manifest.get("scoring"))
+        except ValueError as exc:
+            raise PackageError(f"{self.root / MANIFEST_FILE}: {exc}") from None
 
     @property
     def recommended_precision(self) -> str:

@@ -21,6 +21,7 @@ import cv2
 
 from fineparser.package import ModelPackage, PackageError, load_package
 from fineparser.precision import AUTO, REQUESTABLE
+from fineparser.scoring import EdgeOffsets
 from fineparser.spec import canonical_dive_number
 from runtime.backends import DEVICE_HELP, Backend, BackendError, choose_backend, parse_device, warm_up
 from runtime.events import EventBus, JsonLinesSink, TableSink
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="live sources: a read waiting this long counts as a lost connection (default 5 s)")
     parser.add_argument("--demo", action="store_true", help="score a generated synthetic broadcast with the bundled "
                         "demo package")
+    parser.add_argument("--single-segment", action="store_true",
+                        help="score each dive once, on its segment as found, instead of the mean over the segments "
+                             "the package's scoring.edge_offsets_s names (fineparser-export --edge-average: 6, a "
+                             "sixth of the work; the score then moves more with the segment's boundaries)")
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only in the log")
     return parser
 
@@ -113,6 +118,7 @@ class LiveOptions:
     buffer_frames: int | None = None
     give_up_after: float = 30.0
     read_timeout: float = 5.0
+    single_segment: bool = False  # True: ignore the package's scoring.edge_offsets_s
     truth: dict[int, float] = field(default_factory=dict)
     truth_spans: list[tuple[float, float]] = field(default_factory=list)  # --demo: true dives, to grade detection
 
@@ -143,6 +149,7 @@ class LiveSession:
         self.bus = bus or EventBus()
         self.package: ModelPackage = load_package(options.package)
         self.bank = self.package.bank()
+        self.edge_offsets = EdgeOffsets() if options.single_segment else self.package.edge_offsets()
         self.dive_numbers = read_start_list(options.start_list) if options.start_list else None
         self.segment = options.segment or ("auto" if has_spotter(self.package) else "clip")
         self.spotter: SpotterRunner | None = None
@@ -262,7 +269,7 @@ class LiveSession:
         self._load_backend()
         scorer = DiveScorer(self.backend, self.bank, int(self.package.manifest.get("scoring", {})
                                                           .get("voter_number", 10)),
-                            with_masks=self.options.overlay is not None)
+                            with_masks=self.options.overlay is not None, edge_offsets=self.edge_offsets)
         capacity = self.options.buffer_frames or 0
         if not capacity:
             probe_fps = 50.0  # until the source says its rate; a generous bound for 25/30/50 fps
@@ -413,6 +420,9 @@ class LiveSession:
     def _score(self, dive: Dive, scorer: DiveScorer, ended_at: float) -> Any:
         """Score an ended dive from the buffer and publish it; a dive cut short is said to be so, first."""
         frames = self.buffer.frames_between(dive.start, dive.end if dive.end is not None else float("inf"))
+        # Frames just before the start, for the edge offsets that move it earlier (a frame's worth of margin).
+        lead_s = scorer.edge_offsets.lead_s
+        lead = self.buffer.frames_between(dive.start - 2.0 * lead_s, dive.start) if lead_s > 0 else []
         oldest = self.buffer.oldest_time()
         if oldest is not None and oldest > dive.start + 1e-6:
             self.bus.publish("warning", kind="dive_truncated", dive=dive.index,
@@ -426,7 +436,7 @@ class LiveSession:
             self.bus.publish("warning", kind="dive_incomplete", dive=dive.index,
                              message=f"dive {dive.index}: cut short ({dive.incomplete_reason}): its score is not final")
         try:
-            result = scorer.score(dive, frames, ended_at)
+            result = scorer.score(dive, frames, ended_at, lead=lead)
         except ScoringError as exc:
             self.bus.publish("warning", kind="not_scored", dive=dive.index, message=f"dive {dive.index}: {exc}")
             return None
@@ -486,7 +496,7 @@ def _demo_options(args: argparse.Namespace) -> LiveOptions:
                           precision=args.precision, device=args.device, segment=segment,
                           start_list=folder / "start_list_000.csv",
                           events=args.events or out / "events.jsonl", overlay=args.overlay or out / "overlay.mp4",
-                          serve=args.serve, serve_token=_serve_token(args))
+                          serve=args.serve, serve_token=_serve_token(args), single_segment=args.single_segment)
     options.truth = {d["order"]: d["final_score"] for d in truth["dives"]}
     options.truth_spans = [(d["start_s"], d["end_s"]) for d in truth["dives"]]
     print(f"demo: broadcast {options.source}; events -> {options.events}; overlay -> {options.overlay}")
@@ -538,7 +548,7 @@ def options_from_args(args: argparse.Namespace) -> LiveOptions:
                        serve=args.serve, serve_token=_serve_token(args), realtime=args.realtime,
                        buffer_seconds=args.buffer_seconds,
                        buffer_frames=args.buffer_frames, give_up_after=args.give_up_after,
-                       read_timeout=args.read_timeout)
+                       read_timeout=args.read_timeout, single_segment=args.single_segment)
 
 
 def run_live(options: LiveOptions, backend: Backend | None = None, bus: EventBus | None = None,

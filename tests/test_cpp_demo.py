@@ -378,8 +378,14 @@ class StandInBackend:
                 "static_tokens": np.zeros((1, 12, 16), np.float32)}
 
     def pair_head(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        delta = feeds["exemplar_window_features"][:, 0, 0].astype(np.float32)
+        delta = stand_in_deltas(feeds["exemplar_window_features"][:, 0, 0], feeds["query_transitions"])
         return delta, delta[:, None] * np.array([0.3, 0.5, 0.2], np.float32)
+
+
+def stand_in_deltas(window_feature_00: np.ndarray, transitions: np.ndarray) -> np.ndarray:
+    """FakeBackend's delta: the exemplar row's window_features[0, 0] + 0.01 x the query's two transitions (float32)."""
+    return (window_feature_00.astype(np.float32)
+            + np.float32(0.01) * np.float32(int(np.asarray(transitions).reshape(-1)[:2].sum())))
 
     def close(self) -> None:
         pass
@@ -409,8 +415,9 @@ def test_score_event_agrees_with_the_python_scorer(build, package, event_schema,
             "transitions": query["transitions"].reshape(-1).tolist(),
             "dive": {"index": 4, "start": 3.01, "end": dive.end, "dive_number": dive_number,
                      "ground_truth_score": dive.ground_truth_score},
-            "deltas_by_row": bank.window_features[:, 0, 0].tolist(),
-            "step_deltas_by_row": (bank.window_features[:, 0, 0, None] * np.float32([0.3, 0.5, 0.2])).tolist()}
+            "deltas_by_row": stand_in_deltas(bank.window_features[:, 0, 0], query["transitions"]).tolist(),
+            "step_deltas_by_row": (stand_in_deltas(bank.window_features[:, 0, 0], query["transitions"])[:, None]
+                                   * np.float32([0.3, 0.5, 0.2])).tolist()}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     got = tool_json(build, "score-event", tmp_path / "spec.json")
     stamp = {"type": "score", "seq": 0, "wall_time": "2026-11-28T19:38:08.185+00:00"}
@@ -449,6 +456,47 @@ def test_scoring_loop_emits_the_python_runtime_events(build, package, event_sche
                  "--dive-number", "105B")
     numbers = [json.loads(line)["dive_number"] for line in named.stdout.splitlines() if '"score"' in line]
     assert numbers == ["107b", "105b", "405c"]  # events show the canonical spelling
+
+
+def test_edge_averaged_scores_agree_with_the_python_runtime(build, package, event_schema, tmp_path):
+    """A package with scoring.edge_offsets_s: both runtimes score the same segments (the stand-in's deltas depend
+    on each segment's frames) and say how many they averaged; a malformed entry is one error line."""
+    averaged = tmp_path / "pkg"
+    shutil.copytree(package, averaged)
+    manifest = json.loads((averaged / "manifest.json").read_text())
+    manifest["scoring"]["edge_offsets_s"] = {"start": [-0.12, 0.0, 0.2], "end": [-0.16, 0.0]}
+    write_manifest(averaged, manifest)
+    video = lossless_video(tmp_path / "programme.mkv", natural_frames(80, 180, 320, seed=5))
+    # the first dive starts on the first frame: its earlier starts have no frames and collapse onto the found one
+    (tmp_path / "dives.csv").write_text("start,end,dive_number\n0.0,1.2,107B\n1.6,2.9,405C\n")
+    segment = f"timecodes:{tmp_path / 'dives.csv'}"
+    got = [json.loads(line) for line in tool(build, "run", video, "--package", averaged, "--segment", segment)
+           .stdout.splitlines() if '"score"' in line]
+    bus, want = EventBus(), []
+    bus.subscribe(want.append)
+    run_live(LiveOptions(source=str(video), package=averaged, segment=segment), backend=StandInBackend(), bus=bus,
+             table=False)
+    want = [e for e in want if e["type"] == "score"]
+    for event in got:
+        assert_valid_event(event_schema, event, "C++")
+    assert [e["segments"] for e in want] == [4, 6]  # 3 x 2 offsets; the first dive has nothing before its start
+    assert_agree([without_wall_clock(e) for e in got], [without_wall_clock(e) for e in want])
+    # averaging changed the score: the one segment as found scores otherwise
+    single = [json.loads(line) for line in tool(build, "run", video, "--package", package, "--segment", segment)
+              .stdout.splitlines() if '"score"' in line]
+    assert [e["segments"] for e in single] == [1, 1] and single[1]["score"] != want[1]["score"]
+    # fineparser-live --single-segment on the averaged package scores as the package without offsets
+    bus, plain = EventBus(), []
+    bus.subscribe(plain.append)
+    run_live(LiveOptions(source=str(video), package=averaged, segment=segment, single_segment=True),
+             backend=StandInBackend(), bus=bus, table=False)
+    assert_agree([without_wall_clock(e) for e in single],
+                 [without_wall_clock(e) for e in plain if e["type"] == "score"])
+    manifest["scoring"]["edge_offsets_s"] = {"start": [-0.1, 0.0], "end": [0.0, 0.1]}
+    write_manifest(averaged, manifest)
+    out = tool(build, "run", video, "--package", averaged, "--segment", segment, check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "edge_offsets_s.end offsets must be <= 0" in out.stderr
 
 
 def test_bad_inputs_are_one_error_line(build, package, tmp_path):

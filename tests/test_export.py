@@ -31,6 +31,7 @@ from fineparser.package import (
     read_manifest,
 )
 from fineparser.preprocess import normalize_clip
+from fineparser.scoring import EDGE_AVERAGE_OFFSETS, EDGE_OFFSETS_KEY, EdgeOffsets
 
 ONNX_FILES = ("encoder.onnx", "encoder_masks.onnx", "pair_head.onnx")
 PACKAGE_FILES = (*ONNX_FILES, "bank.npz", "bank.bin", "manifest.json")
@@ -102,6 +103,12 @@ def test_package_round_trip_scores_like_pytorch(package, tiny_model, synth_root)
     # K is dynamic: one exemplar works as well.
     single = ort_session(pkg.pair_head_path).run(["delta"], {**feed, **bank.pair_head_inputs(indices[:1])})[0]
     assert single.shape == (1,) and abs(float(single[0]) - float(delta[0])) < 1e-5
+
+
+def test_the_package_says_which_segments_a_dive_is_averaged_over(package):
+    scoring = load_package(package).manifest["scoring"]
+    assert scoring[EDGE_OFFSETS_KEY] == {"start": [0.0], "end": [0.0]}  # by default each dive is scored once
+    assert load_package(package).edge_offsets() == EdgeOffsets()
 
 
 def test_bank_bin_holds_the_same_bank_for_cpp(package):
@@ -223,9 +230,10 @@ def test_an_official_checkpoint_exports_with_official(tmp_path, tiny_model):
     torch.save(official_layout(tiny_model), tmp_path / "best.pth")
     assert main([str(tmp_path / "best.pth"), "--out", str(tmp_path / "pkg"), *CHEAP]) == 2  # needs --official
     rc = main([str(tmp_path / "best.pth"), "--official", "--preset", "tiny", "--out", str(tmp_path / "pkg"),
-               "--precision", "fp32", *CHEAP])
+               "--precision", "fp32", "--edge-average", *CHEAP])
     assert rc == 0
     pkg = load_package(tmp_path / "pkg")
+    assert pkg.edge_offsets() == EDGE_AVERAGE_OFFSETS  # --edge-average: the mean over 6 segments
     assert pkg.manifest["source"]["kind"] == "official" and pkg.manifest["bank"]["status"] == "no bank"
     assert pkg.encoder_masks_path is None and not pkg.has_bank
     assert pkg.manifest["parity"]["score_drift"]["bank"] == "parity clips as a mini bank"

@@ -443,8 +443,9 @@ def request(port: int, method: str, path: str) -> tuple[int, dict]:
 def test_http_operator_marks_health_and_server_sent_events(package, ort_backend, tmp_path):
     video = small_video(tmp_path / "clip.mp4", frames=100)
     port = free_port()
+    # One segment per dive: the score must come while the 4 s programme still plays (the HTTP API is the subject).
     options = LiveOptions(source=str(video), package=package, segment="operator", realtime=True,
-                          serve=f"127.0.0.1:{port}")
+                          serve=f"127.0.0.1:{port}", single_segment=True)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(report=run_live(options, backend=ort_backend, table=False)))
     thread.start()

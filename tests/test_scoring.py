@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,18 @@ import numpy as np
 import pytest
 
 from fineparser import onnx_session as sessions
-from fineparser.package import ExemplarBank
-from fineparser.scoring import NO_DIVE_NUMBER_NOTE, final_score, pair_feeds, score_dive, select_exemplars, step_means
+from fineparser.package import ExemplarBank, PackageError, load_package, write_manifest
+from fineparser.scoring import (
+    EDGE_OFFSETS_KEY,
+    NO_DIVE_NUMBER_NOTE,
+    EdgeOffsets,
+    final_score,
+    frame_interval,
+    pair_feeds,
+    score_dive,
+    select_exemplars,
+    step_means,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,3 +165,99 @@ def test_missing_or_corrupt_graph_is_an_error_naming_the_file(tmp_path):
 def test_unknown_optimisation_level_lists_the_known_ones(add_one_graph):
     with pytest.raises(ValueError, match="known: disable, basic, extended, all"):
         sessions.onnx_session(add_one_graph, optimization="max")
+
+
+# --------------------------------------------------------------------------- edge-averaged scores
+
+
+def test_edge_offsets_become_frame_spans_clipped_to_the_frames_given():
+    offsets = EdgeOffsets(start=(-0.08, 0.0, 0.08), end=(-0.08, 0.0))
+    assert offsets.lead_s == 0.08
+    # 25 fps, 3 frames before the start, 50 in the dive (indices 3..52): 0.08 s is 2 frames; the dive as found first
+    assert offsets.spans(3, 50, 0.04) == [(3, 52), (1, 50), (1, 52), (3, 50), (5, 50), (5, 52)]
+    # nothing before the start (the stream began with the dive): earlier starts collapse onto it and count once
+    assert offsets.spans(0, 50, 0.04) == [(0, 49), (0, 47), (2, 47), (2, 49)]
+    # 50 fps: 4 frames; a 3-frame dive keeps at least one frame in every span
+    assert offsets.spans(0, 3, 0.02) == [(0, 2), (0, 0), (2, 2)]
+    assert offsets.spans(4, 1, 0.0) == [(4, 4)]  # one frame, no frame rate to convert with
+    assert EdgeOffsets().spans(2, 10, 0.04) == [(2, 11)]
+    assert frame_interval([0.0, 0.25, 0.5, 1.0]) == 0.25 and frame_interval([1.0, 1.5, 2.5]) == 0.75
+    assert frame_interval([3.0]) == 0.0
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"start": [-0.1], "end": [0.0]}, "must contain 0"),
+    ({"start": [0.0], "end": [0.0, 0.1]}, "must be <= 0"),
+    ({"start": [0.0, 2.0], "end": [0.0]}, "within 1.0 s"),
+    ({"start": [], "end": [0.0]}, "non-empty list of finite seconds"),
+    ({"start": [0.0, float("nan")], "end": [0.0]}, "non-empty list of finite seconds"),
+    ({"start": [0.0]}, "must be {\"start\""),
+    ([0.0], "must be {\"start\""),
+])
+def test_malformed_edge_offsets_are_refused_naming_the_manifest(tmp_path, raw, message):
+    assert EdgeOffsets.from_scoring({"voter_number": 5}) == EdgeOffsets()  # absent: the one segment as found
+    assert EdgeOffsets.from_scoring({EDGE_OFFSETS_KEY: {"start": [0, -0.1], "end": [0.0]}}).start == (0, -0.1)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EdgeOffsets.from_scoring({EDGE_OFFSETS_KEY: raw})
+    write_manifest(tmp_path, {"scoring": {EDGE_OFFSETS_KEY: raw}})
+    with pytest.raises(PackageError, match=re.escape(f"{tmp_path / 'manifest.json'}: ") + ".*" + re.escape(message)):
+        load_package(tmp_path).edge_offsets()
+
+
+class SegmentBackend:
+    """Encoder outputs that name the segment: transitions = (first frame's value, last frame's value) of the 96
+    (every frame of the programme is filled with its own index); the pair head's delta follows them."""
+
+    name = "segments"
+    description = "segments (tests/test_scoring.py)"
+    has_masks = True
+
+    def __init__(self) -> None:
+        self.encoded: list[tuple[int, int, bool]] = []
+
+    def encode(self, frames: np.ndarray, with_masks: bool = False) -> dict[str, np.ndarray]:
+        first, last = int(frames[0, 0, 0, 0, 0]), int(frames[0, -1, 0, 0, 0])
+        self.encoded.append((first, last, with_masks))
+        out = {"window_features": np.zeros((1, 9, 8), np.float32), "transitions": np.array([[first, last]]),
+               "transition_probs": np.zeros((1, 96, 2), np.float32), "static_tokens": np.zeros((1, 12, 4), np.float32)}
+        if with_masks:
+            out["mask_logits"] = np.zeros((1, 9, 16, 112, 112), np.float32)
+        return out
+
+    def pair_head(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        k = len(feeds["exemplar_transitions"])
+        first, last = (int(v) for v in feeds["query_transitions"].reshape(-1))
+        delta = (np.arange(k) + 0.1 * first - 0.05 * last).astype(np.float32)
+        return delta, delta[:, None] * np.float32([0.3, 0.5, 0.2])
+
+
+def test_a_dive_is_scored_as_the_mean_over_its_segments_and_explained_by_the_one_found():
+    from runtime.scorer import DiveScorer
+    from runtime.segments import Dive
+    from runtime.sources import CapturedFrame
+
+    bank = make_bank(["107B"] * 4, [50.0, 60.0, 70.0, 80.0])
+    programme = [CapturedFrame(i, 0.04 * i, np.full((112, 112, 3), i, np.uint8)) for i in range(200)]
+    lead, dive_frames = programme[97:100], programme[100:150]  # the dive: frames 100..149, 3 frames before it
+    backend = SegmentBackend()
+    scorer = DiveScorer(backend, bank, 4, with_masks=True, edge_offsets=EdgeOffsets((-0.08, 0.0, 0.08), (-0.08, 0.0)))
+    result = scorer.score(Dive(1, 4.0, 6.0, "107B"), dive_frames, ended_at=0.0, lead=lead)
+    segments = [(98, 147), (98, 149), (100, 147), (102, 147), (102, 149)]  # 2 frames either way at 25 fps
+    assert [(first, last) for first, last, _ in backend.encoded] == [(100, 149), *segments]
+    assert [masks for *_, masks in backend.encoded] == [True] + [False] * 5  # masks of the dive as found only
+    one = [score_dive(bank.final_score, *backend.pair_head({"exemplar_transitions": np.zeros((4, 2)),
+                                                             "query_transitions": np.array([[a, b]])}))
+           for a, b in [(100, 149), *segments]]
+    assert result.event["segments"] == 6
+    assert result.event["score"] == pytest.approx(np.mean([s.final for s in one]), abs=1e-4)
+    assert result.event["score"] != pytest.approx(one[0].final, abs=1e-3)  # the segments did count
+    steps = np.mean([s.step_means for s in one], axis=0)
+    assert list(result.event["step_deltas"].values()) == pytest.approx(steps, abs=1e-6)
+    assert sum(result.event["step_deltas"].values()) == pytest.approx(result.event["mean_delta"], abs=1e-5)
+    # the explanation is the dive as found: its 96 frames, its transitions (clipped into them), its masks
+    assert result.sampled[0].seq == 100 and result.sampled[-1].seq == 149 and result.mask_logits is not None
+    assert result.event["transition_frames"] == [95, 95] and result.event["frames_in_dive"] == 50
+    # without frames before the start, the earlier starts are the dive's own first frame
+    backend.encoded.clear()
+    assert scorer.score(Dive(1, 4.0, 6.0, "107B"), dive_frames, ended_at=0.0).event["segments"] == 4
+    assert [(first, last) for first, last, _ in backend.encoded] == [(100, 149), (100, 147), (102, 147), (102, 149)]

@@ -234,10 +234,12 @@ int main(int argc, char** argv) {
   Options options;
   fp::Package package;
   fp::ExemplarBank bank;
+  fp::EdgeOffsets edge_offsets;
   try {
     options = parse(argc, argv);
     package = fp::load_package(options.package, options.verify);
     bank = fp::read_bank_bin(package.bank_bin_path());
+    edge_offsets = package.edge_offsets();  // a malformed manifest entry is bad input, before any engine loads
   } catch (const std::exception& exc) {
     std::cerr << "error: " << exc.what() << '\n';
     return 2;
@@ -277,6 +279,7 @@ int main(int argc, char** argv) {
   run.dive_number = options.dive_number;
   run.buffer_frames = options.buffer_frames;
   run.voter_number = package.voter_number();
+  run.edge_offsets = edge_offsets;
   try {
     const auto report = fp::run_source(run, *backend, bank, events);
     std::vector<double> prepare = report.prepare_ms;

@@ -105,6 +105,83 @@ int Package::voter_number() const {
   return 10;
 }
 
+namespace {
+
+constexpr double kMaxEdgeOffsetS = 1.0;  // fineparser.scoring.MAX_EDGE_OFFSET_S
+
+std::string offsets_text(const Json& values) { return values.dump(); }
+
+std::vector<double> edge_offset_list(const Json& raw, const std::string& name, const std::string& where) {
+  const std::string key = "edge_offsets_s." + name;
+  const Json& values = raw.at(name);
+  std::vector<double> out;
+  for (const auto& value : values) {
+    if (!value.is_number() || value.is_boolean() || !std::isfinite(value.get<double>())) {
+      throw PackageError(where + ": " + key + " must be a non-empty list of finite seconds, got " +
+                         offsets_text(values));
+    }
+    out.push_back(value.get<double>());
+  }
+  if (out.empty()) {
+    throw PackageError(where + ": " + key + " must be a non-empty list of finite seconds, got " + offsets_text(values));
+  }
+  if (std::find(out.begin(), out.end(), 0.0) == out.end()) {
+    throw PackageError(where + ": " + key + " must contain 0 (the segment as found), got " + offsets_text(values));
+  }
+  for (double value : out) {
+    if (std::abs(value) > kMaxEdgeOffsetS) {
+      throw PackageError(where + ": " + key + " offsets must be within 1.0 s of the boundary, got " +
+                         offsets_text(values));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+EdgeOffsets Package::edge_offsets() const {
+  EdgeOffsets offsets;
+  if (!manifest.contains("scoring") || !manifest["scoring"].is_object()) return offsets;
+  const Json& scoring = manifest["scoring"];
+  if (!scoring.contains("edge_offsets_s") || scoring["edge_offsets_s"].is_null()) return offsets;
+  const Json& raw = scoring["edge_offsets_s"];
+  const std::string where = (fs::path(root) / "manifest.json").string();
+  if (!raw.is_object() || raw.size() != 2 || !raw.contains("start") || !raw.contains("end") ||
+      !raw["start"].is_array() || !raw["end"].is_array()) {
+    throw PackageError(where + ": scoring.edge_offsets_s must be {\"start\": [seconds...], \"end\": [seconds...]}, "
+                       "got " + raw.dump());
+  }
+  offsets.start = edge_offset_list(raw, "start", where);
+  offsets.end = edge_offset_list(raw, "end", where);
+  for (double value : offsets.end) {
+    if (value > 0) {
+      throw PackageError(where + ": edge_offsets_s.end offsets must be <= 0 (frames after a dive's end are not "
+                         "waited for), got " + raw["end"].dump());
+    }
+  }
+  return offsets;
+}
+
+double EdgeOffsets::lead_s() const { return std::max(0.0, -*std::min_element(start.begin(), start.end())); }
+
+std::vector<std::pair<std::int64_t, std::int64_t>> EdgeOffsets::spans(std::int64_t lead, std::int64_t count,
+                                                                      double interval) const {
+  if (count < 1) throw std::invalid_argument("a dive needs at least one frame to be scored");
+  const std::int64_t first = lead, last = lead + count - 1;
+  std::vector<std::pair<std::int64_t, std::int64_t>> out = {{first, last}};
+  if (!(interval > 0)) return out;
+  for (double a : start) {
+    for (double b : end) {
+      const auto shift_a = static_cast<std::int64_t>(std::nearbyint(a / interval));
+      const auto shift_b = static_cast<std::int64_t>(std::nearbyint(b / interval));
+      const std::int64_t lo = std::min(std::max<std::int64_t>(0, first + shift_a), last);
+      const std::int64_t hi = std::max(std::min(last, last + shift_b), lo);
+      if (std::find(out.begin(), out.end(), std::make_pair(lo, hi)) == out.end()) out.emplace_back(lo, hi);
+    }
+  }
+  return out;
+}
+
 std::string Package::bank_bin_path() const {
   const Json bank = manifest.value("bank", Json::object());
   if (bank.value("status", std::string()) != "bank") {

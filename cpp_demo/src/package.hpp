@@ -6,6 +6,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -40,6 +41,20 @@ struct EngineRecord {
   std::string compute_capability;  // e.g. "sm87"
 };
 
+// fineparser.scoring.EdgeOffsets: where a dive's boundaries are moved (seconds) to average its score over
+// several segments (manifest scoring.edge_offsets_s; one segment, {0} x {0}, when the manifest has none).
+struct EdgeOffsets {
+  std::vector<double> start{0.0};
+  std::vector<double> end{0.0};
+
+  double lead_s() const;  // how long before a dive's start frames are needed (the earliest start offset)
+  // Inclusive index spans into `lead` frames before the dive followed by its `count` frames, the dive as
+  // found first; offsets become frames at `interval` s per frame (half to even), spans are clipped to the
+  // frames given and at least one frame long, and coinciding spans count once.
+  std::vector<std::pair<std::int64_t, std::int64_t>> spans(std::int64_t lead, std::int64_t count,
+                                                           double interval) const;
+};
+
 struct Package {
   std::string root;
   Json manifest;
@@ -47,6 +62,7 @@ struct Package {
   std::string path(const std::string& relative) const;
   bool has(const std::string& relative) const;  // listed in manifest["files"]
   int voter_number() const;                     // manifest scoring.voter_number (10 when absent)
+  EdgeOffsets edge_offsets() const;             // manifest scoring.edge_offsets_s; PackageError when malformed
   std::string bank_bin_path() const;            // PackageError when the package has no bank.bin
   std::vector<EngineRecord> engines() const;    // records whose engine file exists
   // The engine of `graph` for this TensorRT version ("10.3.0") and compute capability ("sm87"):

@@ -118,6 +118,10 @@ class LiveLoop {
                                  {"dive_number", optional_text(dive.dive_number)},
                                  {"segmenter", segmenter_->name()}});
     const auto frames = buffer_.between(dive.start, dive.end.value_or(std::numeric_limits<double>::infinity()));
+    // Frames just before the start, for the edge offsets that move it earlier (runtime/cli.py's margin).
+    const double lead_s = options_.edge_offsets.lead_s();
+    const auto lead = lead_s > 0 ? buffer_.between(dive.start - 2.0 * lead_s, dive.start)
+                                 : std::vector<const CapturedFrame*>{};
     const double oldest = buffer_.frames.empty() ? dive.start : buffer_.frames.front().time;
     if (!buffer_.frames.empty() && oldest > dive.start + 1e-6) {
       char text[256];
@@ -143,7 +147,7 @@ class LiveLoop {
     }
     Json score;
     try {
-      score = score_dive(dive, frames, ended_at);
+      score = score_dive(dive, lead, frames, ended_at);
     } catch (const std::exception& exc) {  // a backend failing on one dive must not end the run
       events_.publish("warning", {{"kind", "not_scored"}, {"dive", dive.index},
                                   {"message", "dive " + std::to_string(dive.index) + ": the backend failed (" +
@@ -162,20 +166,33 @@ class LiveLoop {
     ++report_.scored;
   }
 
-  Json score_dive(const Dive& dive, const std::vector<const CapturedFrame*>& frames, Clock::time_point ended_at) {
-    const auto sampled = sample_frame_indices(0, static_cast<std::int64_t>(frames.size()) - 1, kNumFrames);
-    std::vector<std::uint8_t> clip(sampled.size() * kFrameBytes);
-    for (std::size_t i = 0; i < sampled.size(); ++i) {
-      std::memcpy(clip.data() + i * kFrameBytes, frames[static_cast<std::size_t>(sampled[i])]->frame.data(),
-                  kFrameBytes);
-    }
-    const QueryFeatures query = backend_.encode(clip);
+  Json score_dive(const Dive& dive, const std::vector<const CapturedFrame*>& lead,
+                  const std::vector<const CapturedFrame*>& frames, Clock::time_point ended_at) {
+    std::vector<const CapturedFrame*> both(lead);
+    both.insert(both.end(), frames.begin(), frames.end());
+    std::vector<double> both_times;
+    for (const auto* frame : both) both_times.push_back(frame->time);
+    const auto spans = options_.edge_offsets.spans(static_cast<std::int64_t>(lead.size()),
+                                                   static_cast<std::int64_t>(frames.size()), frame_interval(both_times));
     const Selection selection = choose_exemplars(bank_, dive.dive_number, options_.voter_number);
-    const PairOutputs pair = backend_.pair_head(query, bank_, selection.indices);
+    std::vector<PairOutputs> outputs;
+    std::vector<std::int64_t> transitions;
+    for (const auto& [lo, hi] : spans) {
+      // Sampled over the segment from its own first frame, as sample_dive_frames(both[lo:hi + 1]) does.
+      const auto sampled = sample_frame_indices(0, hi - lo, kNumFrames);
+      std::vector<std::uint8_t> clip(sampled.size() * kFrameBytes);
+      for (std::size_t i = 0; i < sampled.size(); ++i) {
+        std::memcpy(clip.data() + i * kFrameBytes, both[static_cast<std::size_t>(lo + sampled[i])]->frame.data(),
+                    kFrameBytes);
+      }
+      const QueryFeatures query = backend_.encode(clip);
+      if (outputs.empty()) transitions = query.transitions;  // the dive as found: what the explanation shows
+      outputs.push_back(backend_.pair_head(query, bank_, selection.indices));
+    }
     std::vector<double> times;
     for (const auto* frame : frames) times.push_back(frame->time);
-    return score_event(dive, times, query.transitions, bank_, selection, pair, backend_.description(),
-                       elapsed_ms(ended_at));
+    return score_event(dive, times, transitions, bank_, selection, mean_pair_outputs(outputs),
+                       static_cast<int>(spans.size()), backend_.description(), elapsed_ms(ended_at));
   }
 
   const RunOptions& options_;
@@ -204,9 +221,38 @@ Selection choose_exemplars(const ExemplarBank& bank, const std::optional<std::st
   return bank.select(*dive_number, voter_number);
 }
 
+MeanPairOutputs mean_pair_outputs(const std::vector<PairOutputs>& outputs) {
+  if (outputs.empty()) throw std::runtime_error("no pair-head outputs to average");
+  MeanPairOutputs mean;
+  mean.delta.assign(outputs[0].delta.size(), 0.0);
+  mean.step_deltas.assign(outputs[0].step_deltas.size(), 0.0);
+  for (const auto& output : outputs) {
+    if (output.delta.size() != mean.delta.size() || output.step_deltas.size() != mean.step_deltas.size()) {
+      throw std::runtime_error("pair-head outputs of a dive's segments differ in size");
+    }
+    for (std::size_t i = 0; i < mean.delta.size(); ++i) mean.delta[i] += static_cast<double>(output.delta[i]);
+    for (std::size_t i = 0; i < mean.step_deltas.size(); ++i) {
+      mean.step_deltas[i] += static_cast<double>(output.step_deltas[i]);
+    }
+  }
+  const auto n = static_cast<double>(outputs.size());
+  for (auto& value : mean.delta) value /= n;
+  for (auto& value : mean.step_deltas) value /= n;
+  return mean;
+}
+
+double frame_interval(const std::vector<double>& times) {
+  if (times.size() < 2) return 0.0;
+  std::vector<double> steps;
+  for (std::size_t i = 1; i < times.size(); ++i) steps.push_back(times[i] - times[i - 1]);
+  std::sort(steps.begin(), steps.end());
+  const std::size_t mid = steps.size() / 2;
+  return steps.size() % 2 ? steps[mid] : (steps[mid - 1] + steps[mid]) / 2.0;
+}
+
 Json score_event(const Dive& dive, const std::vector<double>& frame_times,
                  const std::vector<std::int64_t>& transitions, const ExemplarBank& bank, const Selection& selection,
-                 const PairOutputs& pair, const std::string& backend, double latency_ms) {
+                 const MeanPairOutputs& pair, int segments, const std::string& backend, double latency_ms) {
   const std::size_t k = selection.indices.size();
   const std::size_t steps = step_names().size();
   if (pair.delta.size() != k || pair.step_deltas.size() != k * steps) {
@@ -219,14 +265,14 @@ Json score_event(const Dive& dive, const std::vector<double>& frame_times,
   const auto sampled = sample_frame_indices(0, static_cast<std::int64_t>(frame_times.size()) - 1, kNumFrames);
   // The same float64 arithmetic as the Python scorer: scores and deltas widened from float32,
   // np.mean over exemplars (pairwise), step means over axis 0 (a running sum per step).
-  std::vector<double> delta(pair.delta.begin(), pair.delta.end());
+  const std::vector<double>& delta = pair.delta;
   std::vector<double> totals(k);
   for (std::size_t i = 0; i < k; ++i) {
     totals[i] = static_cast<double>(bank.final_score[static_cast<std::size_t>(selection.indices[i])]) + delta[i];
   }
   std::vector<double> mean_steps(steps, 0.0);
   for (std::size_t i = 0; i < k; ++i) {
-    for (std::size_t s = 0; s < steps; ++s) mean_steps[s] += static_cast<double>(pair.step_deltas[i * steps + s]);
+    for (std::size_t s = 0; s < steps; ++s) mean_steps[s] += pair.step_deltas[i * steps + s];
   }
   for (auto& value : mean_steps) value /= static_cast<double>(k);
   const auto last = static_cast<std::int64_t>(sampled.size()) - 1;
@@ -258,6 +304,7 @@ Json score_event(const Dive& dive, const std::vector<double>& frame_times,
       {"start_s", python_round(dive.start, 4)},
       {"end_s", python_round(end, 4)},
       {"frames_in_dive", frame_times.size()},
+      {"segments", segments},
       {"exemplars", exemplars},
       {"exemplar_fallback", optional_text(selection.note)},
       {"fallback_order", fallback_order()},

@@ -52,11 +52,23 @@ class Backend {
 // Exemplars for a dive number (none: any dive, with kNoDiveNumberNote), as DiveScorer.exemplars.
 Selection choose_exemplars(const ExemplarBank& bank, const std::optional<std::string>& dive_number, int voter_number);
 
+// Per-exemplar mean over a dive's segments of the pair head's outputs, in float64
+// (fineparser.scoring.mean_pair_outputs; one segment: its outputs widened).
+struct MeanPairOutputs {
+  std::vector<double> delta;        // [K]
+  std::vector<double> step_deltas;  // [K, 3]
+};
+MeanPairOutputs mean_pair_outputs(const std::vector<PairOutputs>& outputs);
+
+// Seconds per frame of a run of stream times: the median step, np.median's way (0 with fewer than 2 frames).
+double frame_interval(const std::vector<double>& times);
+
 // The score event's fields (runtime.scorer.DiveScorer.score) from what the backend returned.
-// frame_times: stream times of every buffered frame of the dive, in order.
+// frame_times: stream times of every buffered frame of the dive, in order; transitions: of the dive's
+// segment as found; pair: the mean over the `segments` segments scored.
 Json score_event(const Dive& dive, const std::vector<double>& frame_times,
                  const std::vector<std::int64_t>& transitions, const ExemplarBank& bank, const Selection& selection,
-                 const PairOutputs& pair, const std::string& backend, double latency_ms);
+                 const MeanPairOutputs& pair, int segments, const std::string& backend, double latency_ms);
 
 struct CapturedFrame {
   std::int64_t seq = 0;
@@ -70,6 +82,7 @@ struct RunOptions {
   std::optional<std::string> dive_number;  // for dives whose timecodes do not name one
   std::size_t buffer_frames = 3000;        // the Python runtime's 60 s at up to 50 fps
   int voter_number = 10;
+  EdgeOffsets edge_offsets;  // the package's scoring.edge_offsets_s (Package::edge_offsets)
 };
 
 struct RunReport {

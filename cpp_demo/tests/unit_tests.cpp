@@ -387,7 +387,8 @@ void test_score_event_means_and_clipping() {
   for (int i = 0; i < 100; ++i) times.push_back(1.0 + 0.04 * i);
   const auto selection = bank.select("107B", 10);
   fp::PairOutputs pair{{1.0f, -2.0f, 0.5f}, {0.3f, 0.5f, 0.2f, -0.6f, -1.0f, -0.4f, 0.15f, 0.25f, 0.1f}};
-  const auto event = fp::score_event(dive, times, {40, 500}, bank, selection, pair, "unit", 12.345);
+  const auto event = fp::score_event(dive, times, {40, 500}, bank, selection, fp::mean_pair_outputs({pair}), 1, "unit",
+                                     12.345);
   CHECK(event["score"].get<double>() == fp::python_round((61.0 + 78.0 + 70.5) / 3.0, 4));
   CHECK(event["transition_frames"] == fp::Json({40, 95}));  // clipped into the 96 sampled frames
   CHECK(event["frames_in_dive"] == 100 && event["exemplars"].size() == 3 && event["exemplar_fallback"].is_null());
@@ -396,8 +397,42 @@ void test_score_event_means_and_clipping() {
   std::vector<std::string> keys;
   for (const auto& [key, value] : event.items()) keys.push_back(key);
   CHECK((keys == std::vector<std::string>{"dive", "dive_number", "score", "mean_delta", "step_deltas", "transitions_s",
-                                          "transition_frames", "start_s", "end_s", "frames_in_dive", "exemplars",
+                                          "transition_frames", "start_s", "end_s", "frames_in_dive", "segments",
+                                          "exemplars",
                                           "exemplar_fallback", "fallback_order", "backend", "latency_ms"}));
+  fs::remove_all(dir);
+}
+
+void test_edge_offsets_spans_and_means() {
+  using Spans = std::vector<std::pair<std::int64_t, std::int64_t>>;
+  fp::EdgeOffsets offsets{{-0.08, 0.0, 0.08}, {-0.08, 0.0}};
+  CHECK(offsets.lead_s() == 0.08);
+  // 25 fps, 3 lead frames, 50 dive frames (indices 3..52): 0.08 s = 2 frames
+  CHECK((offsets.spans(3, 50, 0.04) == Spans{{3, 52}, {1, 50}, {1, 52}, {3, 50}, {5, 50}, {5, 52}}));
+  // no lead frames: the earlier starts collapse onto the dive's first frame and count once
+  CHECK((offsets.spans(0, 50, 0.04) == Spans{{0, 49}, {0, 47}, {2, 47}, {2, 49}}));
+  // 50 fps: 4 frames; a 3-frame dive keeps at least one frame per span
+  CHECK((offsets.spans(0, 3, 0.02) == Spans{{0, 2}, {0, 0}, {2, 2}}));
+  CHECK((offsets.spans(4, 1, 0.0) == Spans{{4, 4}}));  // one frame: no interval, the dive as found
+  CHECK((fp::EdgeOffsets{}.spans(2, 10, 0.04) == Spans{{2, 11}}));
+  CHECK(fp::frame_interval({0.0, 0.25, 0.5, 1.0}) == 0.25 && fp::frame_interval({1.0, 1.5, 2.5}) == 0.75);
+  const auto mean = fp::mean_pair_outputs({fp::PairOutputs{{1.0f, 2.0f}, {1, 2, 3, 4, 5, 6}},
+                                           fp::PairOutputs{{2.0f, 4.0f}, {3, 2, 1, 0, 1, 2}}});
+  CHECK((mean.delta == std::vector<double>{1.5, 3.0}) && (mean.step_deltas == std::vector<double>{2, 2, 2, 2, 3, 4}));
+  const fs::path dir = temp_dir() / "pkg_edges";
+  fs::create_directories(dir);
+  auto with_offsets = [&](const fp::Json& offsets_json) {
+    write_text(dir / "manifest.json", fp::Json{{"format", "fineparser-package"}, {"format_version", 1},
+                                               {"scoring", {{"edge_offsets_s", offsets_json}}}, {"files", fp::Json::object()}}
+                                          .dump());
+    return fp::load_package(dir.string());
+  };
+  CHECK((with_offsets({{"start", {-0.1, 0}}, {"end", {0}}}).edge_offsets().start == std::vector<double>{-0.1, 0.0}));
+  CHECK(throws_with([&] { with_offsets({{"start", {-0.1}}, {"end", {0}}}).edge_offsets(); }, "must contain 0"));
+  CHECK(throws_with([&] { with_offsets({{"start", {0}}, {"end", {0, 0.1}}}).edge_offsets(); }, "must be <= 0"));
+  CHECK(throws_with([&] { with_offsets({{"start", {0, 2.0}}, {"end", {0}}}).edge_offsets(); }, "within 1.0 s"));
+  CHECK(throws_with([&] { with_offsets({{"start", fp::Json::array()}, {"end", {0}}}).edge_offsets(); }, "non-empty"));
+  CHECK(throws_with([&] { with_offsets({{"start", {0}}}).edge_offsets(); }, "manifest.json: scoring.edge_offsets_s"));
   fs::remove_all(dir);
 }
 
@@ -422,6 +457,7 @@ int main() {
       {"timecode_segmenter_starts_and_ends_at_frames", test_timecode_segmenter_starts_and_ends_at_frames},
       {"event_lines", test_event_lines},
       {"score_event_means_and_clipping", test_score_event_means_and_clipping},
+      {"edge_offsets_spans_and_means", test_edge_offsets_spans_and_means},
   };
   for (const auto& [name, test] : tests) {
     const int before = failures;

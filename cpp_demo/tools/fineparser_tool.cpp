@@ -303,7 +303,8 @@ int cmd_score_event(const Args& args) {
   }
   const fp::Json event =
       fp::score_event(dive, input.at("frame_times").get<std::vector<double>>(),
-                      input.at("transitions").get<std::vector<std::int64_t>>(), bank, selection, pair, "test", 0.0);
+                      input.at("transitions").get<std::vector<std::int64_t>>(), bank, selection,
+                      fp::mean_pair_outputs({pair}), input.value("segments", 1), "test", 0.0);
   std::cout << fp::json_line(event) << '\n';
   return 0;
 }
@@ -312,7 +313,8 @@ int cmd_score_event(const Args& args) {
 // exemplar rows, so that a test can predict them in Python:
 //   transitions = [(sum(clip) >> 16) % 48, 48 + (sum(frames 48..95) >> 16) % 48]   (sums of the uint8 values;
 //                  the shift keeps a one-level preprocessing difference from moving them, see README)
-//   delta[k] = window_features[row_k, 0, 0];  step_deltas[k] = delta[k] * (0.3, 0.5, 0.2) in float32
+//   delta[k] = window_features[row_k, 0, 0] + 0.01 * (transitions[0] + transitions[1]);
+//   step_deltas[k] = delta[k] * (0.3, 0.5, 0.2), all in float32 (the query's part makes every segment count)
 class FakeBackend : public fp::Backend {
  public:
   std::string name() const override { return "fake"; }
@@ -326,11 +328,13 @@ class FakeBackend : public fp::Backend {
     query.transitions = {(sum_all >> 16) % 48, 48 + (sum_late >> 16) % 48};
     return query;
   }
-  fp::PairOutputs pair_head(const fp::QueryFeatures&, const fp::ExemplarBank& bank,
+  fp::PairOutputs pair_head(const fp::QueryFeatures& query, const fp::ExemplarBank& bank,
                             const std::vector<std::int64_t>& indices) override {
     fp::PairOutputs out;
+    const float from_query = 0.01f * static_cast<float>(query.transitions.at(0) + query.transitions.at(1));
     for (auto row : indices) {
-      const float delta = bank.window_features[static_cast<std::size_t>(row * bank.windows * bank.feature_dim)];
+      const float delta =
+          bank.window_features[static_cast<std::size_t>(row * bank.windows * bank.feature_dim)] + from_query;
       out.delta.push_back(delta);
       for (float weight : {0.3f, 0.5f, 0.2f}) out.step_deltas.push_back(delta * weight);
     }
@@ -349,6 +353,7 @@ int cmd_run(const Args& args) {
   if (args.has("--dive-number")) options.dive_number = fp::canonical_dive_number(args.get("--dive-number"));
   options.buffer_frames = static_cast<std::size_t>(std::stoul(args.get("--buffer-frames", "3000")));
   options.voter_number = package.voter_number();
+  options.edge_offsets = package.edge_offsets();
   FakeBackend backend;
   fp::EventWriter events(std::cout);
   const auto report = fp::run_source(options, backend, bank, events);
