@@ -11,6 +11,8 @@ a dive its `dive_end` was decided (stream seconds), |score(auto) - score(timecod
 rho of both against the judges, per-frame phase macro-F1 (from the `phase` events) beside the always-idle
 guess, and the spotter's cost per frame. `--sensitivity` adds the score difference that moved true
 boundaries alone make (2 frames inwards; the end at the true entry + entry_tail_s), no spotter involved.
+Start errors are also given signed (median of found - true, > 0 late) and per take-off
+style (`synth.render.takeoff_style`: a standing diver holds still for the first 35 % of the take-off).
 `--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring), as fast as
 possible and with `--realtime` (frames dropped). Numbers, never pass/fail.
 """
@@ -39,6 +41,8 @@ from runtime.events import EventBus  # noqa: E402
 from runtime.spotter import SpotterRunner, spotter_segmenter_settings  # noqa: E402
 from synth import generate_broadcasts  # noqa: E402
 from synth.dataset import SYNTH_VERSION  # noqa: E402
+from synth.dives import parse_dive_number  # noqa: E402
+from synth.render import takeoff_style  # noqa: E402
 
 # name -> generate_broadcasts settings; "default" is the training set's, the others each change one thing.
 SETTINGS = {
@@ -48,6 +52,10 @@ SETTINGS = {
     "slow_replays": {"replay_speed": 0.25, "max_replays": 3, "replay_probability": 1.0,
                      "replay_banner_probability": 0.0},
 }
+
+
+TAKEOFF_STYLES = ("standing", "approach", "armstand")
+"""synth.render.takeoff_style's answers: the start error is reported per style (standing divers hold still first)."""
 
 
 def _rendered_in_this_world(truth_json: Path) -> bool:
@@ -166,6 +174,10 @@ def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package:
         end = ends[dive_id]
         row = {"start_err_frames": abs(end["start_s"] - start_true) * fps,
                "end_err_frames": abs(end["end_s"] - end_true) * fps,
+               "start_late_frames": (end["start_s"] - start_true) * fps,  # signed: > 0 found after the true start
+               "end_late_frames": (end["end_s"] - end_true) * fps,
+               "dive_number": truth["dives"][i]["dive_number"],
+               "takeoff": takeoff_style(parse_dive_number(truth["dives"][i]["dive_number"]), truth["board"]),
                "end_decided_after_s": end.get("decided_s", float("nan")) - end_true,
                "judges": truth["dives"][i].get("final_score")}
         entry_true = truth["dives"][i].get("entry_start_s")
@@ -208,6 +220,11 @@ def summarise(results: list[dict]) -> dict:
         "start_err_median": q(starts, 50), "start_err_p95": q(starts, 95),
         "end_err_median": q(ends, 50), "end_err_p95": q(ends, 95),
         "end_floor_median": q(floors, 50), "end_floor_p95": q(floors, 95),
+        "start_late_median": q([r["start_late_frames"] for r in rows], 50),
+        "end_late_median": q([r["end_late_frames"] for r in rows], 50),
+        **{f"start_err_median_{style}": q([r["start_err_frames"] for r in rows if r["takeoff"] == style], 50)
+           for style in TAKEOFF_STYLES},
+        **{f"dives_{style}": sum(r["takeoff"] == style for r in rows) for style in TAKEOFF_STYLES},
         "end_decided_after_s_max": max((r["end_decided_after_s"] for r in rows), default=float("nan")),
         "end_decided_after_s_median": q([r["end_decided_after_s"] for r in rows], 50),
         "score_diff_median": q([abs(r["auto_score"] - r["timecodes_score"]) for r in scored], 50),

@@ -369,12 +369,7 @@ def plan_dive(
     T = int(num_frames) if num_frames is not None else sample_clip_length(rng)
     takeoff_end, entry_start = sample_step_timing(T, rng)
     facing, rot_sign = _orientation(info)
-    if info.armstand:
-        style = "armstand"
-    elif board != PLATFORM and info.direction in ("forward", "reverse"):
-        style = "approach"
-    else:
-        style = "standing"
+    style = takeoff_style(info, board)
     q = quality
     fault_alpha = (1.0 - q.body_line) * 28.0
     fault_beta = (1.0 - q.body_line) * 42.0
@@ -466,6 +461,16 @@ def _replace(plan: DivePlan, **changes) -> DivePlan:
 def _straight(plan: DivePlan, psi: float, eps: float = 0.0) -> np.ndarray:
     """A straight body carrying this dive's body-line faults."""
     return _params(alpha=plan.fault_alpha, beta=plan.fault_beta, psi=psi, eps=eps, split=plan.fault_split)
+
+
+def takeoff_style(info: DiveInfo, board: str) -> str:
+    """'armstand' (group 6), 'approach' (forward and reverse dives off a springboard: a walk and a hurdle) or
+    'standing' (the rest: the diver stands still for the first 35 % of the take-off, then moves)."""
+    if info.armstand:
+        return "armstand"
+    if board != PLATFORM and info.direction in ("forward", "reverse"):
+        return "approach"
+    return "standing"
 
 
 def _takeoff_keys(plan: DivePlan) -> list[tuple[float, np.ndarray]]:
