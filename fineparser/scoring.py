@@ -94,8 +94,8 @@ class EdgeOffsets:
     noise of the one 96-frame sampling rather than a trend: averaging the pair head's deltas over a few
     segments with the start moved by each of ``start`` and the end by each of ``end`` (seconds, 0 included
     in both; end offsets are <= 0, since nothing after a dive's end is waited for) halves how much 2-frame
-    boundary errors move it.  The segment of offsets (0, 0) is scored
-    first; it gives the transitions, the sampled frames and the masks that the explanation shows."""
+    boundary errors move it.  The segment of offsets (0, 0) is scored first; it gives the transitions, the
+    sampled frames and the masks that the explanation shows."""
 
     start: tuple[float, ...] = (0.0,)
     end: tuple[float, ...] = (0.0,)

@@ -420,7 +420,8 @@ class LiveSession:
     def _score(self, dive: Dive, scorer: DiveScorer, ended_at: float) -> Any:
         """Score an ended dive from the buffer and publish it; a dive cut short is said to be so, first."""
         frames = self.buffer.frames_between(dive.start, dive.end if dive.end is not None else float("inf"))
-        # Frames just before the start, for the edge offsets that move it earlier (a frame's worth of margin).
+        # Frames just before the start, for the edge offsets that move it earlier (twice the earliest offset; the
+        # segments take only the frames they need).
         lead_s = scorer.edge_offsets.lead_s
         lead = self.buffer.frames_between(dive.start - 2.0 * lead_s, dive.start) if lead_s > 0 else []
         oldest = self.buffer.oldest_time()
