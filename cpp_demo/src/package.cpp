@@ -109,30 +109,22 @@ namespace {
 
 constexpr double kMaxEdgeOffsetS = 1.0;  // fineparser.scoring.MAX_EDGE_OFFSET_S
 
-std::string offsets_text(const Json& values) { return values.dump(); }
-
 std::vector<double> edge_offset_list(const Json& raw, const std::string& name, const std::string& where) {
-  const std::string key = "edge_offsets_s." + name;
   const Json& values = raw.at(name);
+  const auto refuse = [&](const std::string& what) {
+    return PackageError(where + ": edge_offsets_s." + name + " " + what + ", got " + values.dump());
+  };
   std::vector<double> out;
   for (const auto& value : values) {
     if (!value.is_number() || value.is_boolean() || !std::isfinite(value.get<double>())) {
-      throw PackageError(where + ": " + key + " must be a non-empty list of finite seconds, got " +
-                         offsets_text(values));
+      throw refuse("must be a non-empty list of finite seconds");
     }
     out.push_back(value.get<double>());
   }
-  if (out.empty()) {
-    throw PackageError(where + ": " + key + " must be a non-empty list of finite seconds, got " + offsets_text(values));
-  }
-  if (std::find(out.begin(), out.end(), 0.0) == out.end()) {
-    throw PackageError(where + ": " + key + " must contain 0 (the segment as found), got " + offsets_text(values));
-  }
+  if (out.empty()) throw refuse("must be a non-empty list of finite seconds");
+  if (std::find(out.begin(), out.end(), 0.0) == out.end()) throw refuse("must contain 0 (the segment as found)");
   for (double value : out) {
-    if (std::abs(value) > kMaxEdgeOffsetS) {
-      throw PackageError(where + ": " + key + " offsets must be within 1.0 s of the boundary, got " +
-                         offsets_text(values));
-    }
+    if (std::abs(value) > kMaxEdgeOffsetS) throw refuse("offsets must be within 1.0 s of the boundary");
   }
   return out;
 }
