@@ -308,6 +308,41 @@ class ClipFiles:
     masks: tuple[Path, ...] | None = None
 
 
+@dataclass(frozen=True)
+class TrainShifts:
+    """Closed ranges of the random moves of a training clip's first and last sampled frames, in source frames.
+
+    The paper moves only the end, by -3..0 (``spec.TRAIN_END_SHIFT``).  Wider ranges teach the scorer that a
+    clip cut a few frames inside the dive is the same dive (a live segmenter's boundaries are that far off).
+    Moves go inwards only: a clip holds no frame before its first or after its last.
+    """
+
+    start: tuple[int, int] = spec.TRAIN_START_SHIFT
+    end: tuple[int, int] = spec.TRAIN_END_SHIFT
+
+    def __post_init__(self) -> None:
+        for name, bounds, inward in (("start", self.start, (0, None)), ("end", self.end, (None, 0))):
+            ok = (
+                isinstance(bounds, (tuple, list))
+                and len(bounds) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+            )
+            if not ok or bounds[0] > bounds[1]:
+                raise ValueError(f"{name}_shift must be two integers [low, high] with low <= high, got {bounds!r}")
+            if (inward[0] is not None and bounds[0] < 0) or (inward[1] is not None and bounds[1] > 0):
+                sign = ">= 0" if name == "start" else "<= 0"
+                raise ValueError(f"{name}_shift must be {sign} (inwards: a clip has no frame outside it), "
+                                 f"got {list(bounds)}")
+            object.__setattr__(self, name, (int(bounds[0]), int(bounds[1])))
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(start shift, end shift): the end first, then the start only when its range is not (0, 0), so the
+        paper's setting draws exactly what it always drew."""
+        end = int(rng.integers(self.end[0], self.end[1], endpoint=True))
+        start = int(rng.integers(self.start[0], self.start[1], endpoint=True)) if self.start != (0, 0) else 0
+        return start, end
+
+
 @dataclass
 class ClipSample:
     """One loaded and preprocessed clip, uint8 (normalisation is the consumer's last step)."""
@@ -589,21 +624,21 @@ class FineDivingIndex:
         train: bool,
         rng: np.random.Generator | None = None,
         with_masks: bool = False,
+        shifts: TrainShifts | None = None,
     ) -> ClipSample:
         """Sample 96 frames of a clip the paper's way, decode and preprocess them (uint8).
 
-        Training draws, from ``rng`` and in this order: the end shift (spec.TRAIN_END_SHIFT),
-        the flip, the crop offset.  Test is deterministic (no shift, no flip, centre crop).
+        Training draws, from ``rng`` and in this order: the end shift and start shift (``shifts``, default
+        the paper's: TrainShifts.draw), the flip, the crop offset.  Test is deterministic (no shift, no
+        flip, centre crop).
         """
         if train and rng is None:
             raise ValueError("training clips need an rng (np.random.Generator)")
         files = self.clip_files(key, with_masks=with_masks)
         info = self.info(key)
-        end_shift = (
-            int(rng.integers(spec.TRAIN_END_SHIFT[0], spec.TRAIN_END_SHIFT[1], endpoint=True)) if train else 0
-        )
+        start_shift, end_shift = (shifts or TrainShifts()).draw(rng) if train else (0, 0)
         try:
-            numbers = sample_frame_indices(files.first, files.last, spec.NUM_FRAMES, end_shift)
+            numbers = sample_frame_indices(files.first, files.last, spec.NUM_FRAMES, end_shift, start_shift)
             positions = numbers - files.first
             labels = info.frame_labels[positions]
             transitions = transitions_from_labels(labels)
@@ -717,16 +752,19 @@ def _require_masks(index: FineDivingIndex, with_masks: bool) -> None:
 class PairDataset:
     """Training pairs: item i = train query i + one exemplar of its dive number (never itself).
 
-    Randomness (exemplar choice, end shift, flip, crop) comes from
+    Randomness (exemplar choice, edge shifts, flip, crop) comes from
     ``np.random.default_rng([seed, epoch, i])``: a resumed run replays the same samples and
     DataLoader workers are independent.  Call :meth:`set_epoch` at the start of each epoch.
     """
 
-    def __init__(self, index: FineDivingIndex, *, seed: int, with_masks: bool = False) -> None:
+    def __init__(
+        self, index: FineDivingIndex, *, seed: int, with_masks: bool = False, shifts: TrainShifts | None = None
+    ) -> None:
         _require_masks(index, with_masks)
         self.index = index
         self.seed = _check_seed(seed)
         self.with_masks = with_masks
+        self.shifts = shifts or TrainShifts()
         self.epoch = 0
         self.keys = list(index.train_keys)
         lonely = sorted(
@@ -762,8 +800,10 @@ class PairDataset:
             raise IndexError(f"pair {i} out of range for {len(self.keys)} training queries")
         rng = np.random.default_rng([self.seed, self.epoch, i])
         exemplar = self.exemplar_key(i, rng)
-        query_clip = self.index.load_clip(self.keys[i], train=True, rng=rng, with_masks=self.with_masks)
-        exemplar_clip = self.index.load_clip(exemplar, train=True, rng=rng, with_masks=self.with_masks)
+        query_clip = self.index.load_clip(self.keys[i], train=True, rng=rng, with_masks=self.with_masks,
+                                          shifts=self.shifts)
+        exemplar_clip = self.index.load_clip(exemplar, train=True, rng=rng, with_masks=self.with_masks,
+                                             shifts=self.shifts)
         return {
             "query": clip_item(query_clip, with_masks=self.with_masks),
             "exemplar": clip_item(exemplar_clip, with_masks=self.with_masks),
@@ -863,6 +903,7 @@ __all__ = [
     "MASKS_DIR",
     "MASKS_DIR_NAMES",
     "PairDataset",
+    "TrainShifts",
     "SampleInfo",
     "SampleKey",
     "TEST_SPLIT_FILE",

@@ -287,12 +287,14 @@ def normalize_clip(frames_uint8: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- sampling, labels
 
 
-def sample_frame_indices(first: int, last: int, num: int = spec.NUM_FRAMES, end_shift: int = 0) -> np.ndarray:
-    """Frame numbers ``linspace(first, last + end_shift, num).astype(int)`` as int64 [num]."""
-    stop = last + end_shift
-    if stop < first:
-        raise ValueError(f"clip ends ({last}{end_shift:+d}) before it starts ({first})")
-    return np.linspace(first, stop, num).astype(np.int64)
+def sample_frame_indices(
+    first: int, last: int, num: int = spec.NUM_FRAMES, end_shift: int = 0, start_shift: int = 0
+) -> np.ndarray:
+    """Frame numbers ``linspace(first + start_shift, last + end_shift, num).astype(int)`` as int64 [num]."""
+    start, stop = first + start_shift, last + end_shift
+    if stop < start:
+        raise ValueError(f"clip ends ({last}{end_shift:+d}) before it starts ({first}{start_shift:+d})")
+    return np.linspace(start, stop, num).astype(np.int64)
 
 
 def transitions_from_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -36,6 +36,8 @@ STEP_WEIGHTS = (0.3, 0.5, 0.2)
 
 TRAIN_END_SHIFT = (-3, 0)
 """Training moves the last sampled frame by a random integer in this closed range."""
+TRAIN_START_SHIFT = (0, 0)
+"""Training moves the first sampled frame by a random integer in this closed range (the paper: never)."""
 
 TRANSITION_TARGET_OFFSET = 1
 """Frames from the data reader's transitions to the ones the network is trained and scored on.

@@ -34,9 +34,11 @@ from fineparser.data import (  # noqa: E402
     FineDivingIndex,
     PairDataset,
     TestDataset,
+    TrainShifts,
     load_annotation_pickle,
 )
 from fineparser.package import ExemplarBank  # noqa: E402
+from fineparser.preprocess import sample_frame_indices  # noqa: E402
 from fineparser.spec import canonical_dive_number  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,6 +271,38 @@ def test_load_clip_train_mode_is_seeded(dataset) -> None:
     assert flips == {False, True}
     with pytest.raises(ValueError, match="rng"):
         index.load_clip(key, train=True)
+
+
+def test_train_shifts_move_both_edges_inwards(dataset) -> None:
+    index = FineDivingIndex(dataset)
+    key = ("WorldCup2021_M3m", 0)  # 30 frames
+    labels = index.info(key).frame_labels
+    fixed = index.load_clip(key, train=True, rng=np.random.default_rng(0), shifts=TrainShifts((2, 2), (-1, -1)))
+    positions = sample_frame_indices(0, 29, 96, end_shift=-1, start_shift=2)
+    assert positions[0] == 2 and positions[-1] == 28
+    decoded = [decode_position(fixed.frames[t].reshape(-1, 3).mean(0)) for t in range(96)]
+    assert decoded == positions.tolist()  # the frames sampled between the moved edges, in order
+    np.testing.assert_array_equal(fixed.frame_labels, labels[positions])  # labels (and transitions) follow
+    firsts, lasts = set(), set()
+    wide = TrainShifts((0, 3), (-2, 0))
+    for seed in range(40):
+        clip = index.load_clip(key, train=True, rng=np.random.default_rng(seed), shifts=wide)
+        firsts.add(decode_position(clip.frames[0].reshape(-1, 3).mean(0)))
+        lasts.add(decode_position(clip.frames[-1].reshape(-1, 3).mean(0)))
+    assert firsts == {0, 1, 2, 3} and lasts == {27, 28, 29}
+
+
+def test_the_papers_shifts_draw_what_they_always_drew() -> None:
+    # Runs made before start shifts existed replay the same samples: one end draw, nothing for the start.
+    ours, papers = np.random.default_rng(5), np.random.default_rng(5)
+    assert TrainShifts().draw(ours) == (0, int(papers.integers(-3, 0, endpoint=True)))
+    assert ours.random() == papers.random()
+    for start, end, words in (((-1, 0), (-3, 0), "start_shift must be >= 0"),
+                              ((0, 0), (-3, 2), "end_shift must be <= 0"),
+                              ((3, 1), (-3, 0), "start_shift must be two integers"),
+                              ((0, 0), (-3.5, 0), "end_shift must be two integers")):
+        with pytest.raises(ValueError, match=words):
+            TrainShifts(start, end)
 
 
 # --------------------------------------------------------------------------- datasets

@@ -445,6 +445,18 @@ def test_the_paper_eval_schedule_and_eval_every_n():
             load_config(CONFIG, [f"eval_every={str(bad).lower()}"])
 
 
+def test_edge_shift_settings_reach_the_training_pairs_and_bad_ones_name_their_key():
+    cfg = load_config(CONFIG, ["data.train_start_shift=[0,4]", "data.train_end_shift=[-4,0]"])
+    assert (cfg.data.shifts().start, cfg.data.shifts().end) == ((0, 4), (-4, 0))
+    paper = load_config(CONFIG).data.shifts()
+    assert (paper.start, paper.end) == ((0, 0), (-3, 0))  # unset: the paper's
+    for override, words in (("data.train_start_shift=[-2,0]", "data.train_start_shift must be >= 0"),
+                            ("data.train_end_shift=[0,2]", "data.train_end_shift must be <= 0"),
+                            ("data.train_end_shift=3", "data.train_end_shift must be two integers")):
+        with pytest.raises(ConfigError, match=words):
+            load_config(CONFIG, [override])
+
+
 def test_each_metric_keeps_its_own_best_beside_the_best_rho_evaluation():
     evals = [{"rho": 0.50, "l2": 90.0, "rl2_x100": 1.2, "aiou_50": 0.70, "mask_iou": 0.40, "eval_dives": 9},
              {"rho": 0.62, "l2": 95.0, "rl2_x100": 1.1, "aiou_50": float("nan"), "mask_iou": 0.38},

@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
+from fineparser import spec
 from fineparser.config import ConfigError, FineParserConfig
+from fineparser.data import TrainShifts
 from fineparser.spotter import SpotterConfig, SpotterConfigError
 from fineparser.spotter_spec import CLASS_NAMES
 
@@ -32,6 +34,14 @@ class DataConfig:
     use_masks: bool = True
     skip_bad: bool = False
     num_workers: int = 2
+    train_start_shift: list[int] = field(default_factory=lambda: list(spec.TRAIN_START_SHIFT))
+    """Training clips start a random number of frames in this closed range later (the paper: [0, 0])."""
+    train_end_shift: list[int] = field(default_factory=lambda: list(spec.TRAIN_END_SHIFT))
+    """Training clips end a random number of frames in this closed range earlier (the paper: [-3, 0])."""
+
+    def shifts(self) -> TrainShifts:
+        """The training clips' edge shifts (fineparser.data.TrainShifts); ValueError says what is wrong."""
+        return TrainShifts(self.train_start_shift, self.train_end_shift)
 
 
 @dataclass
@@ -177,6 +187,10 @@ class TrainConfig:
             problems.append(f"loss.window_timing must be >= 0, got {self.loss.window_timing}")
         if not (o.backbone_lr_factor is None or o.backbone_lr_factor > 0) or not o.window_timing_lr_factor > 0:
             problems.append("optim.backbone_lr_factor must be null or > 0, optim.window_timing_lr_factor > 0")
+        try:
+            self.data.shifts()
+        except ValueError as exc:
+            problems.append(f"data.train_{exc}")
         if self.loss.transition_form not in ("paper", "listwise"):
             problems.append(f"loss.transition_form must be 'paper' or 'listwise', got {self.loss.transition_form!r}")
         if self.task not in TASKS:

@@ -424,7 +424,7 @@ class FineParserTask(Task):
         return WindowTimingTraining(model) if self.cfg.loss.window_timing > 0 else model
 
     def train_set(self) -> PairDataset:
-        return PairDataset(self.index, seed=self.cfg.seed, with_masks=self.use_masks)
+        return PairDataset(self.index, seed=self.cfg.seed, with_masks=self.use_masks, shifts=self.cfg.data.shifts())
 
     def param_groups(self, module: torch.nn.Module) -> list[dict[str, Any]]:
         model = getattr(module, "model", module)
