@@ -309,10 +309,12 @@ int cmd_score_event(const Args& args) {
   return 0;
 }
 
-// A stand-in for the TensorRT engines whose outputs depend on every byte of the clip and on the
+// A stand-in for the TensorRT engines whose outputs depend on which frames make the clip and on the
 // exemplar rows, so that a test can predict them in Python:
-//   transitions = [(sum(clip) >> 16) % 48, 48 + (sum(frames 48..95) >> 16) % 48]   (sums of the uint8 values;
-//                  the shift keeps a one-level preprocessing difference from moving them, see README)
+//   transitions = [argmax of the centre pixels of frames 0..47, 48 + argmax of those of frames 48..95]
+//                  (the centre pixel's first channel; the first frame on a tie. The tests stamp each frame of
+//                  their videos with a flat block of its own level there, which preprocessing keeps exactly;
+//                  the rest of a frame may differ by one level between the two sides, see README)
 //   delta[k] = window_features[row_k, 0, 0] + 0.01 * (transitions[0] + transitions[1]);
 //   step_deltas[k] = delta[k] * (0.3, 0.5, 0.2), all in float32 (the query's part makes every segment count)
 class FakeBackend : public fp::Backend {
@@ -320,12 +322,13 @@ class FakeBackend : public fp::Backend {
   std::string name() const override { return "fake"; }
   std::string description() const override { return "fake (fineparser_tool)"; }
   fp::QueryFeatures encode(const std::vector<std::uint8_t>& frames) override {
-    const std::size_t half = frames.size() / 2;
-    const auto sum_all = std::accumulate(frames.begin(), frames.end(), std::int64_t{0});
-    const auto sum_late = std::accumulate(frames.begin() + static_cast<std::ptrdiff_t>(half), frames.end(),
-                                          std::int64_t{0});
+    constexpr std::size_t kCentre = (std::size_t{fp::kFrameSize / 2} * fp::kFrameSize + fp::kFrameSize / 2) * 3;
+    std::vector<std::uint8_t> centres(frames.size() / fp::kFrameBytes);
+    for (std::size_t i = 0; i < centres.size(); ++i) centres[i] = frames.at(i * fp::kFrameBytes + kCentre);
+    const auto half = centres.begin() + static_cast<std::ptrdiff_t>(centres.size() / 2);
     fp::QueryFeatures query;
-    query.transitions = {(sum_all >> 16) % 48, 48 + (sum_late >> 16) % 48};
+    query.transitions = {std::max_element(centres.begin(), half) - centres.begin(),
+                         std::max_element(half, centres.end()) - centres.begin()};
     return query;
   }
   fp::PairOutputs pair_head(const fp::QueryFeatures& query, const fp::ExemplarBank& bank,
