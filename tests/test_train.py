@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -112,18 +113,21 @@ def test_loss_decreases_when_overfitting_a_fixed_pair(tmp_path):
     root = tmp_path / "pair"
     summary = generate_dataset(root, 3, seed=11, dive_pool=1, progress=False)
     assert summary.num_train == 2  # each training dive is the other's only exemplar: a fixed pair
+    # Both pairs in every step, no edge shift: what still varies from step to step is the flip and the crop.
     cfg = load_config(CONFIG, [*FAST, *MICRO, f"data.root={root}", "max_steps=16", "epochs=100", "log_every=1",
                                "eval_at_end=false", "optim.warmup_epochs=0", "optim.lr=0.003", "optim.lr_factor=1.0",
-                               "data.use_masks=true", "eval_every=1000"])
+                               "data.use_masks=true", "eval_every=1000", "batch_size=2", "data.train_end_shift=[0,0]"])
     train(cfg, tmp_path / "overfit")
     records = events(tmp_path / "overfit", "train")
     assert len(records) == 16
-    # The score loss falls fast but jumps with the random end shift and crop of each step; the focal mask loss
-    # falls steadily (0.87 -> 0.65 in 16 steps on world 2.1); the transition loss (listwise: BCE + which-frame
-    # cross-entropy, 4.51 -> 4.42) slowest: the temporal parser needs thousands of steps (docs/train.md).
-    for name, factor in (("loss_total", 0.8), ("loss_score", 0.8), ("loss_mask", 0.85), ("loss_transition", 0.99)):
+    # Medians of the first and last 4 steps. The score loss falls fast to the pair's mean, then jumps with the
+    # flip and crop of each step (last/first 0.10-0.59 over seeds 1-3 and 10086 on an AMD EPYC machine: the
+    # end-of-run average of 3 steps of batch 1 was not enough there); the focal mask loss falls steadily
+    # (0.80-0.85); the transition loss (listwise: BCE + which-frame cross-entropy) slowest (0.97-0.98): the
+    # temporal parser needs thousands of steps (docs/train.md).
+    for name, factor in (("loss_total", 0.85), ("loss_score", 0.7), ("loss_mask", 0.9), ("loss_transition", 0.99)):
         values = [r[name] for r in records]
-        first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
+        first, last = statistics.median(values[:4]), statistics.median(values[-4:])
         assert last < factor * first, (name, values)
 
 
