@@ -385,7 +385,8 @@ class StandInBackend:
     has_masks = False
 
     def encode(self, frames: np.ndarray, with_masks: bool = False) -> dict[str, np.ndarray]:
-        centres = frames[0, :, 56, 56, 0]  # where stamped_frames puts each frame's own level
+        middle = preprocess.CROP_SIZE // 2
+        centres = frames[0, :, middle, middle, 0]  # where stamped_frames puts each frame's own level
         half = len(centres) // 2
         return {"window_features": np.zeros((1, 9, 128), np.float32),
                 "transitions": np.array([[np.argmax(centres[:half]), half + np.argmax(centres[half:])]], np.int64),
