@@ -78,18 +78,22 @@ def record(runner: Any, broadcasts: list, progress: bool = True) -> list[Recordi
     """Step `runner` (fresh state per broadcast) over each broadcast's cached frames (train.spotter_data.Broadcast)."""
     from tqdm import tqdm
 
+    return [recording(b, spotter_probs(runner, b.frames))
+            for b in tqdm(broadcasts, unit="video", desc=f"spotter {Path(runner.path).name}", disable=not progress)]
+
+
+def recording(broadcast: Any, probs: np.ndarray) -> Recording:
+    """A broadcast (train.spotter_data.Broadcast) with the spotter's outputs on it: its annotated dives, replays
+    and entries in stream seconds (the annotation's last frame included: a dive ends at (end_frame + 1) / fps)."""
     from fineparser.broadcast_labels import read_broadcast_labels
 
-    recordings = []
-    for b in tqdm(broadcasts, unit="video", desc=f"spotter {Path(runner.path).name}", disable=not progress):
-        labels = read_broadcast_labels(b.annotation)
-        fps = labels.fps
-        recordings.append(Recording(
-            name=b.name, fps=fps, probs=spotter_probs(runner, b.frames),
-            dives=[(d.start_frame / fps, (d.end_frame + 1) / fps) for d in labels.dives],
-            replays=[(r.start_frame / fps, (r.end_frame + 1) / fps) for r in labels.replays],
-            entries=[None if d.entry_start_frame is None else d.entry_start_frame / fps for d in labels.dives]))
-    return recordings
+    labels = read_broadcast_labels(broadcast.annotation)
+    fps = labels.fps
+    return Recording(
+        name=broadcast.name, fps=fps, probs=probs,
+        dives=[(d.start_frame / fps, (d.end_frame + 1) / fps) for d in labels.dives],
+        replays=[(r.start_frame / fps, (r.end_frame + 1) / fps) for r in labels.replays],
+        entries=[None if d.entry_start_frame is None else d.entry_start_frame / fps for d in labels.dives])
 
 
 TAIL_QUANTILES = (0.2, 0.3, 0.4, 0.5, 0.6)
@@ -219,7 +223,11 @@ def match(recordings: list[Recording], lookahead: int, settings: dict[str, float
 
 def figures(recordings: list[Recording], lookahead: int, settings: dict[str, float]) -> dict[str, Any]:
     """Detection figures of `settings` pooled over the recordings, and their cost (lower is better)."""
-    m = match(recordings, lookahead, settings)
+    return matched_figures(match(recordings, lookahead, settings))
+
+
+def matched_figures(m: Matched) -> dict[str, Any]:
+    """:func:`figures` of detections already matched (NaN errors when no dive matched)."""
     starts, ends = m.starts, m.ends
     delays = [max(after, 0.0) * fps for after, fps in zip(m.after_s, m.fps)]
     timing = (statistics.mean(a + b for a, b in zip(starts, ends)) if starts else 0.0)

@@ -112,7 +112,7 @@ class ReplayLabels(torch.nn.Module):
         classes = frames[0, :, 0, 0, 0].long() // 40
         delayed = torch.cat([torch.zeros(self.config.lookahead, dtype=torch.long) if state is None else state,
                              classes])
-        logits = torch.nn.functional.one_hot(delayed[:len(classes)], len(CLASS_NAMES)).float()[None]
+        logits = 20.0 * torch.nn.functional.one_hot(delayed[:len(classes)], len(CLASS_NAMES)).float()[None]
         return logits, delayed[len(classes):]
 
 
@@ -126,6 +126,19 @@ def test_evaluation_realigns_the_lookahead_across_chunks_and_reports_the_trivial
     assert metrics["eval_frames"] == len(truth) - 3
     confusion = np.array(metrics["confusion"])
     assert confusion.shape == (5, 5) and confusion.sum() == len(truth) - 3
+    # Dive level, through the runtime's state machine: the broadcast's one dive, found to the frame.
+    assert metrics["dive_dives"] == 1 and metrics["dive_f1"] == 1.0
+    assert metrics["dive_missed"] == metrics["dive_false_dives"] == 0
+    assert metrics["dive_start_err_median"] == metrics["dive_end_err_median"] == 0.0
+
+    # A spotter that calls the dive a replay finds no dive: the dive figures see what the frame figures
+    # weigh as a third of one class.
+    replay = np.where(np.isin(truth, [1, 2, 3]), 4, truth)
+    broadcast._frames = np.broadcast_to((replay * 40).astype(np.uint8)[:, None, None, None],
+                                        (len(truth), 48, 80, 3))
+    metrics = evaluate_spotter(ReplayLabels(3), [broadcast], torch.device("cpu"), chunk=7, progress=False)
+    assert metrics["dive_f1"] == 0.0 and metrics["dive_missed"] == 1 and metrics["dive_false_dives"] == 0
+    assert np.isnan(metrics["dive_start_err_median"])
 
     counts = np.array([60, 5, 10, 10, 15])
     guess = frame_metrics(np.diag(counts))

@@ -9,7 +9,15 @@ whose phase the annotation leaves open.
 Metrics: per-frame accuracy, per-class F1, macro-F1 (mean over the classes the test frames
 contain), the confusion matrix (rows: true class, columns: predicted, in ``CLASS_NAMES`` order),
 and the same figures for two trivial guesses: always `idle`, and a random class drawn from the
-training frames' class prior (expected values).  Dive-level detection is benchmarked elsewhere.
+training frames' class prior (expected values).
+
+Dive level: the same outputs, as probabilities, go through the runtime's state machine with the default
+thresholds and durations (:mod:`calibration.segmenter`'s ``match``, the rule that ``fineparser-calibrate
+--segmenter`` tunes with), and the dives found are matched to the annotated ones at temporal IoU >= 0.5:
+dive F1, missed, false dives (and those on a replay), median start and end error in frames, and the
+tuning's cost.  These are figures before tuning and from a zero state (a package's streams start from the
+tuned settled-idle state), so they rank checkpoints of one run rather than predict the package's figures;
+``bench/bench_spotter.py`` measures those.  The trivial guess, always idle, finds no dive (F1 0).
 """
 
 from __future__ import annotations
@@ -19,24 +27,32 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from calibration.segmenter import Matched, match, matched_figures, recording
+from fineparser.dive_state import SPOTTER_DURATIONS_S
 from fineparser.spotter import Spotter
-from fineparser.spotter_spec import CLASS_NAMES, IDLE
+from fineparser.spotter_spec import CLASS_NAMES, DEFAULT_THRESHOLDS, IDLE
 from train.spotter_data import Broadcast
 
 NUM_CLASSES = len(CLASS_NAMES)
 
 
 @torch.no_grad()
-def predict_broadcast(model: Spotter, frames: np.ndarray, device: torch.device, chunk: int = 256) -> np.ndarray:
-    """Frames uint8 [N, h, w, 3] -> predicted class per frame, int64 [N - lookahead] (frame i at index i)."""
+def predict_probs(model: Spotter, frames: np.ndarray, device: torch.device, chunk: int = 256) -> np.ndarray:
+    """Frames uint8 [N, h, w, 3] -> class probabilities after each frame, float32 [N, C].
+
+    Row t is the output after frame t, the classes of frame t - lookahead (the runtime's convention)."""
     state = None
     outputs = []
     for start in range(0, len(frames), chunk):
         batch = torch.from_numpy(np.array(frames[start:start + chunk]))[None].to(device)  # a copy: maps are read-only
         logits, state = model(batch, state)
-        outputs.append(logits[0].argmax(-1).cpu())
-    steps = torch.cat(outputs).numpy().astype(np.int64)
-    return steps[model.config.lookahead:]
+        outputs.append(logits[0].float().softmax(-1).cpu())
+    return torch.cat(outputs).numpy().astype(np.float32)
+
+
+DIVE_SETTINGS = {**DEFAULT_THRESHOLDS, **{k: SPOTTER_DURATIONS_S[k] for k in ("start_hold_s", "end_hold_s",
+                                                                                 "entry_tail_s")}}
+"""The state machine's settings for the dive-level figures: the defaults a package has before tuning."""
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -85,18 +101,33 @@ def frame_metrics(confusion: np.ndarray, prior: np.ndarray | None = None) -> dic
 def evaluate_spotter(model: Spotter, broadcasts: list[Broadcast], device: torch.device, *, rank: int = 0,
                      world: int = 1, chunk: int = 256, prior: np.ndarray | None = None,
                      progress: bool = True) -> dict:
-    """Per-frame metrics over `broadcasts` (sharded over ranks, summed); see :func:`frame_metrics`."""
+    """Per-frame metrics over `broadcasts` (sharded over ranks, summed; see :func:`frame_metrics`) and the
+    dive-level ones, ``dive_`` + the names of :func:`calibration.segmenter.figures` (default state machine
+    settings, :data:`DIVE_SETTINGS`; matched over all ranks' videos)."""
     was_training = model.training
     model.eval()
     lookahead = model.config.lookahead
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    recordings = []
     mine = broadcasts[rank::world]
     for b in tqdm(mine, desc="eval", unit="video", disable=not progress, leave=False):
-        predicted = predict_broadcast(model, b.frames, device, chunk)
+        probs = predict_probs(model, b.frames, device, chunk)
+        predicted = probs.argmax(-1).astype(np.int64)[lookahead:]
         confusion += confusion_matrix(b.targets[:len(b.targets) - lookahead], predicted)
+        recordings.append(recording(b, probs))
+    matched = match(recordings, lookahead, DIVE_SETTINGS)
     if world > 1:
         summed = torch.from_numpy(confusion).to(device)
         dist.all_reduce(summed)
         confusion = summed.cpu().numpy()
+        shards: list = [None] * world
+        dist.all_gather_object(shards, matched)
+        matched = Matched()
+        for shard in shards:
+            for name in ("tp", "fp", "fn", "on_replay"):
+                setattr(matched, name, getattr(matched, name) + getattr(shard, name))
+            for name in ("starts", "ends", "after_s", "fps"):
+                getattr(matched, name).extend(getattr(shard, name))
     model.train(was_training)
-    return {**frame_metrics(confusion, prior), "eval_videos": len(broadcasts)}
+    dives = {f"dive_{name}": value for name, value in matched_figures(matched).items()}
+    return {**frame_metrics(confusion, prior), **dives, "eval_videos": len(broadcasts)}

@@ -178,7 +178,11 @@ class SpotterTask(Task):
         return (f"per-frame macro-F1 {metrics['macro_f1']:.4f} (trivial: always idle "
                 f"{metrics['trivial_idle_macro_f1']:.4f}, class prior {metrics['trivial_prior_macro_f1']:.4f})  "
                 f"accuracy {metrics['accuracy']:.4f} (always idle {metrics['trivial_idle_accuracy']:.4f}) on "
-                f"{metrics['eval_frames']} frames of {metrics['eval_videos']} videos")
+                f"{metrics['eval_frames']} frames of {metrics['eval_videos']} videos;  dives at default settings: "
+                f"F1 {metrics['dive_f1']:.3f} (always idle 0), {metrics['dive_missed']} missed and "
+                f"{metrics['dive_false_dives']} false ({metrics['dive_false_on_replay']} on replays) of "
+                f"{metrics['dive_dives']}, start / end error median {metrics['dive_start_err_median']:.1f} / "
+                f"{metrics['dive_end_err_median']:.1f} frames")
 
     def describe(self) -> dict[str, Any]:
         frames = sum(b.num_frames for b in self.train_broadcasts)
