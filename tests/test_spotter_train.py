@@ -49,12 +49,18 @@ def events(run_dir: Path, kind: str) -> list[dict]:
 
 def test_the_spotter_task_trains_and_writes_its_checkpoints_and_metrics(broadcasts_root, tmp_path):
     run = tmp_path / "run"
-    summary = train(tiny_config(broadcasts_root, "epochs=2"), run)
+    summary = train(tiny_config(broadcasts_root, "epochs=2", "keep_evaluated=true"), run)
     assert summary["steps"] == 4 and summary["epochs_done"] == 2
     assert {"last.pt", "best.pt", "metrics.jsonl", "config.yaml"} <= {p.name for p in run.iterdir()}
     evals = events(run, "eval")
     assert [e["epoch"] for e in evals] == [1, 2]
     assert all(0.0 <= e["macro_f1"] <= 1.0 for e in evals)
+    assert all(0.0 <= e["dive_f1"] <= 1.0 and e["dive_dives"] == 1 for e in evals)
+    # keep_evaluated: every evaluated checkpoint stays, with the metrics it was evaluated with.
+    assert sorted(p.name for p in run.glob("eval-*.pt")) == [f"eval-{e['step']}.pt" for e in evals]
+    for e in evals:
+        kept = load_spotter(run / f"eval-{e['step']}.pt")[1]["metrics"]
+        assert kept["macro_f1"] == e["macro_f1"] and kept["dive_cost"] == e["dive_cost"]
     assert events(run, "start")[0]["test_videos"] == 1 and events(run, "train")
     model, data = load_spotter(run / "best.pt")
     assert model.config.hidden_size == 16 and model.config.lookahead == 2 and not model.training

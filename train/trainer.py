@@ -727,6 +727,8 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
         if worker.main:
             log.info("eval at step %d: %s", state["step"], task.eval_line(metrics))
         state["best_each"] = update_best(state["best_each"], metrics, state["epoch"], state["step"])
+        if cfg.keep_evaluated:
+            save(f"eval-{state['step']}.pt", {"metrics": metrics})
         value = metrics[task.metric] if math.isfinite(metrics[task.metric]) else -math.inf
         if value > state["best"]:
             state["best"], state["best_step"], state["best_epoch"] = value, state["step"], state["epoch"]
