@@ -18,7 +18,7 @@ from train.__main__ import main as train_main
 from train.config import load_config
 from train.spotter_data import SpotterDataError, frame_cache, load_broadcasts
 from train.spotter_eval import evaluate_spotter, frame_metrics
-from train.trainer import train
+from train.trainer import TrainingError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "spotter_synthetic.yaml"
@@ -79,6 +79,23 @@ def test_resume_of_the_spotter_is_exact(broadcasts_root, tmp_path):
     b = load_spotter(tmp_path / "b" / "last.pt")[1]["model"]
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     assert worst <= 1e-6, worst
+
+
+def test_resume_refuses_settings_other_than_the_runs_own_unless_asked(broadcasts_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(broadcasts_root, "max_steps=1", "eval_at_end=false", "seed=3"), run)
+    before = sorted(p.name for p in run.iterdir())
+    # The recipe's command line without the run's own seed override: another data order, another recipe.
+    with pytest.raises(TrainingError, match=r"seed: 3 -> 10086.*--allow-config-change"):
+        train(tiny_config(broadcasts_root, "max_steps=2", "eval_at_end=false"), run, resume=True)
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written for a refused resume
+    # Without --config, --resume reads the run's config.yaml; stopping later and logging more are free to change.
+    assert train_main(["--resume", "--out", str(run), "max_steps=2", "log_every=5"]) == 0
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["steps"] == 2
+    assert train_main(["--resume", "--out", str(run), "max_steps=3", "optim.lr=0.01"]) == 2
+    assert "optim.lr: 0.002 -> 0.01" in capsys.readouterr().err
+    assert train_main(["--resume", "--out", str(run), "max_steps=3", "optim.lr=0.01", "--allow-config-change"]) == 0
+    assert "--resume with changed settings" in (run / "train.log").read_text()
 
 
 def test_a_bad_annotation_names_its_file_and_line(broadcasts_root, tmp_path, capsys):

@@ -86,10 +86,13 @@ def test_resume_continues_exactly(synth_root, tmp_path):
     assert rates == pytest.approx([cfg.optim.lr * 0.5, cfg.optim.lr, cfg.optim.lr * 30, cfg.optim.lr])
     # The model's weights are FineParser's only: the package and an official-layout load never see the head.
     assert not any("timing" in k for k in a)
-    # Resuming with another objective would silently drop (or invent) the head: one clear error instead.
+    # Resuming with another objective is another recipe: refused, naming the setting; and even when asked for,
+    # it would silently drop (or invent) the head: one clear error instead.
     cfg_other = load_config(CONFIG, [*base, "loss.window_timing=0", f"data.root={synth_root}", "max_steps=6"])
-    with pytest.raises(TrainingError, match="training heads .*loss.window_timing"):
+    with pytest.raises(TrainingError, match=r"loss\.window_timing: 10 -> 0"):
         train(cfg_other, tmp_path / "resumed", resume=True)
+    with pytest.raises(TrainingError, match="training heads .*loss.window_timing"):
+        train(cfg_other, tmp_path / "resumed", resume=True, allow_config_change=True)
 
 
 def test_the_window_timing_readout_asks_each_window_frame_which_side_of_each_transition_it_is():

@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device of each worker (auto: cuda when available)")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--resume", action="store_true", help="continue exactly where RUN_DIR/last.pt stopped")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly where RUN_DIR/last.pt stopped (without --config: with RUN_DIR/config.yaml)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: go on with settings that differ from the checkpoint's (no longer exact)")
     p.add_argument("--eval-only", type=Path, metavar="CKPT", help="evaluate a checkpoint on the test split")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
     return p
@@ -100,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
     run_dir = args.out or Path("runs") / (args.config.stem if args.config else "default")
+    config = args.config
+    if config is None and args.resume and (run_dir / "config.yaml").is_file():
+        config = run_dir / "config.yaml"  # the settings the run was started with
     handlers = setup_logging(run_dir, rank == 0)
     try:
-        cfg = load_config(args.config, overrides)
-        train(cfg, run_dir, device_kind=args.device, resume=args.resume, eval_only=args.eval_only)
+        cfg = load_config(config, overrides)
+        train(cfg, run_dir, device_kind=args.device, resume=args.resume, eval_only=args.eval_only,
+              allow_config_change=args.allow_config_change)
     except (ConfigError, DataError, TrainingError) as exc:
         logging.getLogger("train").error("%s", exc)
         return 2

@@ -221,6 +221,30 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+RESUME_FREE_KEYS = frozenset({
+    "data.root", "data.frames_root", "data.mask_root", "data.annotation", "data.num_workers",
+    "spotter_data.cache_dir", "i3d_weights", "resnet_weights", "from_scratch",
+    "max_steps", "log_every", "eval_every", "eval_max_queries", "eval_at_end", "keep_evaluated",
+})
+"""Settings that `--resume` may change without changing what the resumed run learns: where the data and the
+start-up weights are (moved files), how many loader workers, when to stop early, and what is logged or
+evaluated.  Any other difference from the checkpoint's own settings (seed, data shifts, schedule, model,
+loss...) makes the run neither exact nor the recipe it records, and is refused unless asked for."""
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) for every setting that differs, RESUME_FREE_KEYS left out."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes.extend(config_changes(old, new, f"{name}."))
+        elif name not in RESUME_FREE_KEYS and old != new:
+            changes.append((name, old, new))
+    return changes
+
+
 # Keys that left the training config, and where they live now.
 MOVED_KEYS = {
     "voter_number": "model.voter_number: it is part of the model config, which travels with the checkpoint into "

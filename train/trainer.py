@@ -42,7 +42,7 @@ from fineparser.data import DataPaths, FineDivingIndex, PairDataset, TestDataset
 from fineparser.model import FineParser, PairForward, split_windows
 from fineparser.preprocess import normalize_clip
 from fineparser.spec import NUM_FRAMES, WINDOW_LENGTH, WINDOW_STARTS, target_transitions
-from train.config import TrainConfig
+from train.config import TrainConfig, config_changes
 from train.evaluate import eval_due, evaluate, format_best_table, update_best
 from train.tasks import Autocast, SpotterTask, Task
 
@@ -603,19 +603,48 @@ class RunLog:
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, device_kind: str = "auto", resume: bool = False,
-          eval_only: Path | None = None) -> dict[str, Any]:
-    """Train (or evaluate) as configured; returns the final summary (on every rank)."""
+          eval_only: Path | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+    """Train (or evaluate) as configured; returns the final summary (on every rank).
+
+    resume: continue from run_dir/last.pt, refused (TrainingError listing the settings) when `cfg` differs from the
+    checkpoint's own settings beyond RESUME_FREE_KEYS, unless `allow_config_change` (then a warning lists them)."""
     worker = init_worker(device_kind)
     try:
-        return _train(cfg, run_dir, worker, resume=resume, eval_only=eval_only)
+        return _train(cfg, run_dir, worker, resume=resume, eval_only=eval_only,
+                      allow_config_change=allow_config_change)
     finally:
         if worker.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eval_only: Path | None) -> dict:
+def check_resume_config(cfg: TrainConfig, saved: dict[str, Any] | None, last: Path, allow: bool,
+                        main: bool = True) -> None:
+    """Refuse (or, allowed, warn about) a resume whose settings differ from those `last` was trained with."""
+    changes = config_changes(saved or {}, cfg.to_dict()) if saved is not None else []
+    if not changes:
+        return
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+    if not allow:
+        raise TrainingError(
+            f"--resume: this invocation's settings differ from those {last} was trained with ({listed}); the run "
+            f"would go on as another recipe. Resume with the run's own settings (`python -m train --resume --out "
+            f"{last.parent}` reads its config.yaml; repeat any overrides it was started with), or pass "
+            "--allow-config-change to go on with the new ones on purpose")
+    if main:
+        log.warning("--resume with changed settings (--allow-config-change; the run is no longer exact): %s", listed)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eval_only: Path | None,
+           allow_config_change: bool = False) -> dict:
     # ---- task: what is trained, its test data (and the --eval-only checkpoint) -------------------
     task = make_task(cfg, worker, eval_only, resume)
+    last = run_dir / "last.pt"
+    resumed = None
+    if resume:  # checked before anything is written into the run directory
+        if not last.is_file():
+            raise TrainingError(f"--resume: {last} does not exist (nothing to resume in {run_dir})")
+        resumed = task.read_checkpoint(last)
+        check_resume_config(cfg, resumed["trainer"].get("train_config"), last, allow_config_change, worker.main)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = None
     if worker.main:
@@ -675,13 +704,9 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": -math.inf, "best_step": None,
              "best_epoch": None, "best_metrics": {}, "best_each": {}, "eval_pending": False,
              **dict.fromkeys(task.counters, 0)}
-    if resume:
-        last = run_dir / "last.pt"
-        if not last.is_file():
-            raise TrainingError(f"--resume: {last} does not exist (nothing to resume in {run_dir})")
-        data = task.read_checkpoint(last)
-        model.load_state_dict(data["model"])
-        trainer = data["trainer"]
+    if resumed is not None:
+        trainer = resumed["trainer"]
+        model.load_state_dict(resumed["model"])
         load_training_heads(module, model, trainer.get("training_heads", {}), last)
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
