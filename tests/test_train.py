@@ -479,3 +479,16 @@ def test_each_metric_keeps_its_own_best_beside_the_best_rho_evaluation():
     assert best["rl2_x100"]["epoch"] == 2 and best["aiou_50"]["epoch"] == 1  # a NaN never counts
     assert best["mask_iou"]["epoch"] == 1 and best["paper_mask_iou"]["epoch"] == 3
     assert "eval_dives" not in best
+
+
+def test_resume_compares_only_settings_the_checkpoint_knows_and_leaves_the_free_ones():
+    from train.config import config_changes
+
+    saved = load_config(CONFIG, ["seed=1", "data.root=/old/place"]).to_dict()
+    del saved["data"]["train_start_shift"]  # a checkpoint from before that setting trained with its default
+    current = load_config(CONFIG, ["seed=1", "data.root=/new/place", "data.train_start_shift=[0,2]",
+                                   "log_every=1", "max_steps=9"]).to_dict()
+    assert config_changes(saved, current) == []
+    current["data"]["train_end_shift"] = [-4, 0]
+    current["optim"]["lr"] = 0.5
+    assert [c[0] for c in config_changes(saved, current)] == ["data.train_end_shift", "optim.lr"]

@@ -233,9 +233,11 @@ loss...) makes the run neither exact nor the recipe it records, and is refused u
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, saved value, current value) for every setting that differs, RESUME_FREE_KEYS left out."""
+    """(dotted key, saved value, current value) for every setting that differs, RESUME_FREE_KEYS left out.
+
+    Only settings both sides know are compared: a checkpoint older than a setting trained with its default."""
     changes = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted(set(saved) & set(current)):
         name = f"{prefix}{key}"
         old, new = saved.get(key), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):

@@ -628,7 +628,7 @@ def check_resume_config(cfg: TrainConfig, saved: dict[str, Any] | None, last: Pa
         raise TrainingError(
             f"--resume: this invocation's settings differ from those {last} was trained with ({listed}); the run "
             f"would go on as another recipe. Resume with the run's own settings (`python -m train --resume --out "
-            f"{last.parent}` reads its config.yaml; repeat any overrides it was started with), or pass "
+            f"{last.parent}` reads its config.yaml, overrides included), or pass "
             "--allow-config-change to go on with the new ones on purpose")
     if main:
         log.warning("--resume with changed settings (--allow-config-change; the run is no longer exact): %s", listed)
