@@ -201,6 +201,15 @@ class Matched:
         return 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp else 0.0
 
 
+def merged(parts: list[Matched]) -> Matched:
+    """One Matched of several (the shards of a distributed evaluation): counts add up, per-dive lists join."""
+    total = Matched()
+    for part in parts:
+        for f in dataclasses.fields(Matched):
+            setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
+    return total
+
+
 def match(recordings: list[Recording], lookahead: int, settings: dict[str, float]) -> Matched:
     """Detect on every recording with `settings` and match the detections to the true dives."""
     m = Matched()

@@ -174,6 +174,19 @@ def test_evaluation_realigns_the_lookahead_across_chunks_and_reports_the_trivial
     assert guess[f"f1_{CLASS_NAMES[IDLE]}"] == 1.0
 
 
+def test_dive_figures_of_distributed_shards_pool_like_one_evaluation():
+    from calibration.segmenter import Matched, matched_figures, merged
+
+    a = Matched(tp=2, fp=1, fn=0, on_replay=1, starts=[1.0, 3.0], ends=[2.0, 2.0], after_s=[0.1, 0.2], fps=[25, 25])
+    b = Matched(tp=1, fp=0, fn=1, on_replay=0, starts=[8.0], ends=[4.0], after_s=[0.3], fps=[50])
+    pooled = merged([a, b])
+    assert (pooled.tp, pooled.fp, pooled.fn, pooled.on_replay) == (3, 1, 1, 1)
+    assert pooled.starts == [1.0, 3.0, 8.0] and pooled.fps == [25, 25, 50]
+    figures = matched_figures(pooled)
+    assert figures["f1"] == pytest.approx(6 / 8) and figures["start_err_median"] == 3.0
+    assert a.tp == 2 and a.starts == [1.0, 3.0]  # the shards are left as they were
+
+
 def test_the_frame_cache_is_decoded_once_and_redone_when_the_video_changes(broadcasts_root, tmp_path):
     video = Path(shutil.copy(broadcasts_root / "broadcasts" / "broadcast_001.mp4", tmp_path / "heat.mp4"))
     cache = frame_cache(video, (40, 64), progress=False)

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from calibration.segmenter import Matched, match, matched_figures, recording
+from calibration.segmenter import match, matched_figures, merged, recording
 from fineparser.dive_state import SPOTTER_DURATIONS_S
 from fineparser.spotter import Spotter
 from fineparser.spotter_spec import CLASS_NAMES, DEFAULT_THRESHOLDS, IDLE
@@ -122,12 +122,7 @@ def evaluate_spotter(model: Spotter, broadcasts: list[Broadcast], device: torch.
         confusion = summed.cpu().numpy()
         shards: list = [None] * world
         dist.all_gather_object(shards, matched)
-        matched = Matched()
-        for shard in shards:
-            for name in ("tp", "fp", "fn", "on_replay"):
-                setattr(matched, name, getattr(matched, name) + getattr(shard, name))
-            for name in ("starts", "ends", "after_s", "fps"):
-                getattr(matched, name).extend(getattr(shard, name))
+        matched = merged(shards)
     model.train(was_training)
     dives = {f"dive_{name}": value for name, value in matched_figures(matched).items()}
     return {**frame_metrics(confusion, prior), **dives, "eval_videos": len(broadcasts)}
