@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from calibration.segmenter import match, matched_figures, merged, recording
+from calibration.segmenter import DURATION_NAMES, match, matched_figures, merged, recording
 from fineparser.dive_state import SPOTTER_DURATIONS_S
 from fineparser.spotter import Spotter
 from fineparser.spotter_spec import CLASS_NAMES, DEFAULT_THRESHOLDS, IDLE
@@ -50,8 +50,7 @@ def predict_probs(model: Spotter, frames: np.ndarray, device: torch.device, chun
     return torch.cat(outputs).numpy().astype(np.float32)
 
 
-DIVE_SETTINGS = {**DEFAULT_THRESHOLDS, **{k: SPOTTER_DURATIONS_S[k] for k in ("start_hold_s", "end_hold_s",
-                                                                                 "entry_tail_s")}}
+DIVE_SETTINGS = {**DEFAULT_THRESHOLDS, **{k: SPOTTER_DURATIONS_S[k] for k in DURATION_NAMES}}
 """The state machine's settings for the dive-level figures: the defaults a package has before tuning."""
 
 
