@@ -14,7 +14,9 @@ boundaries alone make (2 frames inwards; the end at the true entry + entry_tail_
 Start errors are also given signed (median of found - true, > 0 late) and per take-off
 style (`synth.render.takeoff_style`: a standing diver holds still for the first 35 % of the take-off).
 `--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring), as fast as
-possible and with `--realtime` (frames dropped). Numbers, never pass/fail.
+possible and with `--realtime` (frames dropped; `--sets ""` measures only that). report.json also keeps every
+broadcast's matched dives (`broadcasts`: errors, scores, when the end was decided) for paired comparisons.
+Numbers, never pass/fail.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from synth.render import takeoff_style  # noqa: E402
 SETTINGS = {
     "default": {},
     "fps2997": {"fps": "30000/1001"},
+    "fps50": {"fps": 50},
     "follow_all": {"camera_follow_probability": 1.0, "replay_banner_probability": 0.0},
     "slow_replays": {"replay_speed": 0.25, "max_replays": 3, "replay_probability": 1.0,
                      "replay_banner_probability": 0.0},
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_spotter"))
     parser.add_argument("--sets", default="default:101,fps2997:102,follow_all:103,slow_replays:104",
-                        help="NAME:SEED,... (names: " + ", ".join(SETTINGS) + ")")
+                        help="NAME:SEED,... (names: " + ", ".join(SETTINGS) + "); \"\" for none")
     parser.add_argument("--broadcasts", type=int, default=2, help="broadcasts per set")
     parser.add_argument("--dives", type=int, default=4, help="dives per broadcast")
     parser.add_argument("--size", default="320x180")
@@ -318,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     entry_tail_s = float(spotter_segmenter_settings(loaded).get("entry_tail_s", 0.0))
     report: dict = {"package": str(args.package), "sets": {}}
     every: list[dict] = []
-    for item in args.sets.split(","):
+    items = [item for item in args.sets.split(",") if item]  # --sets "": none (e.g. only --ingest-1080p)
+    for item in items:
         name, seed = item.split(":")
         folder = args.out / f"{name}_{seed}"
         if not _rendered_in_this_world(folder / "broadcasts" / "broadcast_000.json"):
@@ -332,20 +336,23 @@ def main(argv: list[str] | None = None) -> int:
                                               entry_tail_s, args.out / "sensitivity" if args.sensitivity else None))
         every += results
         report["sets"][f"{name}:{seed}"] = summarise(results)
-    report["all"] = summarise(every)
+    if every:
+        report["all"] = summarise(every)
+        report["broadcasts"] = every  # per broadcast and per matched dive (rows): errors, scores, decisions
     report["spotter_ms_per_frame"] = spotter_cost_ms(args.package)
     if args.tail_sweep:
-        folders = [args.out / item.replace(":", "_") for item in args.sets.split(",")]
+        folders = [args.out / item.replace(":", "_") for item in items]
         report["tail_sweep"] = tail_sweep(args.package, folders, [float(v) for v in args.tail_sweep.split(",")])
     if args.ingest_1080p > 0:
         report["ingest_1080p50"] = ingest_1080p(args.package, args.out, args.ingest_1080p, backend)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    keys = list(report["all"])
-    print(f"{'set':<22}" + "".join(f"{k[:14]:>15}" for k in keys))
-    for name, figures in [*report["sets"].items(), ("all", report["all"])]:
-        print(f"{name:<22}" + "".join(f"{figures[k]:>15.3f}" if isinstance(figures[k], float) else
-                                      f"{figures[k]:>15}" for k in keys))
+    if every:
+        keys = list(report["all"])
+        print(f"{'set':<22}" + "".join(f"{k[:14]:>15}" for k in keys))
+        for name, figures in [*report["sets"].items(), ("all", report["all"])]:
+            print(f"{name:<22}" + "".join(f"{figures[k]:>15.3f}" if isinstance(figures[k], float) else
+                                          f"{figures[k]:>15}" for k in keys))
     print(f"spotter: {report['spotter_ms_per_frame']:.2f} ms/frame (median, onnxruntime CPU)")
     if "tail_sweep" in report:
         print(f"{'entry_tail_s':>12}{'f1':>7}{'end err median / p95':>22}{'dive_end decided after, s: median':>36}"
