@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also replay the sets' spotter outputs with each entry_tail_s (s; 0: off): end error "
                              "against how late dive_end is decided")
     args = parser.parse_args(argv)
+    if not [item for item in args.sets.split(",") if item] and (args.tail_sweep or args.sensitivity):
+        parser.error("--tail-sweep and --sensitivity measure the sets' dives: name at least one set with --sets")
     width, height = (int(v) for v in args.size.split("x"))
     loaded = load_package(args.package)
     backend = load_backend("onnxruntime", loaded)
@@ -334,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(evaluate_broadcast(truth_json.with_suffix(".mp4"), truth_json,
                                               truth_json.parent / f"start_list_{n}.csv", args.package, backend,
                                               entry_tail_s, args.out / "sensitivity" if args.sensitivity else None))
+        for result in results:
+            result["set"] = f"{name}:{seed}"
         every += results
         report["sets"][f"{name}:{seed}"] = summarise(results)
     if every:

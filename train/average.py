@@ -2,15 +2,17 @@
 
 A run trained with ``keep_evaluated: true`` keeps ``eval-<step>.pt`` at every evaluation (docs/train.md). This
 writes one checkpoint whose weights are the element-wise mean of the last N of them (or of the steps named), as
-stochastic weight averaging does with the weights of a run's last epochs (Izmailov et al., 2018): the points a
-run passes through near its end differ most in what they learnt by chance, and their mean keeps what they
-share. Floating-point tensors are averaged (BatchNorm running statistics too); integer ones (BatchNorm's batch
-counter) are the newest's. Any task (FineParser or spotter): the checkpoint keeps the newest's format and model
-config, so ``fineparser-export`` and ``python -m train --eval-only`` take it as they take best.pt.
+stochastic weight averaging does with the weights of a run's last epochs (Izmailov et al., 2018): the points a run
+passes through near its end differ most in what they learnt by chance, and their mean keeps what they share.
+Floating-point tensors are averaged, BatchNorm's running statistics too (SWA proper recomputes them with a pass
+over the training data; the mean of the running statistics is what this measures, docs/spotter.md); integer ones
+(BatchNorm's batch counter) are the newest's. Any task (FineParser or spotter): the checkpoint keeps the newest's
+format and model config, so ``fineparser-export`` and ``python -m train --eval-only`` take it as they take best.pt.
 
-The checkpoints must come from one run: the same format and model config and the same tensors; anything else is
-one error line naming the file. The result is written atomically, and records what it averages
-(``averaged_from``: steps and files). It carries no metrics until evaluated.
+The checkpoints must come from one run: the same format, model config and tensors, and the same training settings
+(``train.config.config_changes``, the rule ``--resume`` checks with; where the data is and what is logged may
+differ); anything else is one error line naming the file. The result is written atomically, and records what it
+averages (``averaged_from``: steps and files). It carries no metrics until evaluated.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from fineparser.checkpoint import CheckpointError, _torch_load, atomic_torch_save
+from train.config import config_changes
+from train.trainer import EVALUATED_CHECKPOINT
 
 log = logging.getLogger("train.average")
 
-EVAL_FILE = re.compile(r"^eval-(\d+)\.pt$")
+EVAL_FILE = re.compile("^" + re.escape(EVALUATED_CHECKPOINT).replace(re.escape("{step}"), r"(\d+)") + "$")
 CONFIG_KEYS = ("config", "spotter_config")
 """Where a checkpoint keeps its model config (FineParser, spotter): the averaged ones must agree on it."""
 
@@ -55,50 +59,67 @@ def choose(found: dict[int, Path], run_dir: Path, last: int | None, steps: list[
             raise AverageError(f"{run_dir} has no eval-<step>.pt for step(s) {', '.join(map(str, missing))}; it has "
                                f"{', '.join(map(str, found))}")
         return {s: found[s] for s in sorted(set(steps))}
-    last = last or 3
+    last = 3 if last is None else last
     if last < 1 or last > len(found):
         raise AverageError(f"--last {last}: {run_dir} has {len(found)} evaluated checkpoint(s) (steps "
                            f"{', '.join(map(str, found))})")
     return dict(list(found.items())[-last:])
 
 
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = _torch_load(path)
+    except CheckpointError as exc:
+        raise AverageError(str(exc)) from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise AverageError(f"{path} is not a checkpoint of this toolkit (no model weights)")
+    return data
+
+
+def _check_same_run(data: dict[str, Any], path: Path, newest: dict[str, Any], newest_path: Path) -> None:
+    for key in ("format", "format_version", *CONFIG_KEYS):
+        if data.get(key) != newest.get(key):
+            raise AverageError(f"{path}: its {key} differs from {newest_path}'s: only checkpoints of one run (one "
+                               "model) can be averaged")
+    changes = config_changes((data.get("trainer") or {}).get("train_config") or {},
+                             (newest.get("trainer") or {}).get("train_config") or {})
+    if changes:
+        listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changes[:4])
+        raise AverageError(f"{path} was trained with other settings than {newest_path} ({listed}): only evaluations "
+                           "of one run can be averaged (an old run's eval-<step>.pt left in the folder?)")
+    shapes = {k: tuple(v.shape) for k, v in data["model"].items()}
+    expected = {k: tuple(v.shape) for k, v in newest["model"].items()}
+    if shapes != expected:
+        differ = sorted(set(shapes) ^ set(expected)) or sorted(k for k in shapes if shapes[k] != expected[k])
+        raise AverageError(f"{path}: its tensors differ from {newest_path}'s ({', '.join(differ[:4])}): only "
+                           "checkpoints of one model can be averaged")
+
+
 def average(paths: dict[int, Path]) -> dict[str, Any]:
-    """The averaged checkpoint (a dict like the newest one's, its `model` the mean) of `paths` (step -> file)."""
-    loaded = {}
+    """The averaged checkpoint (a dict like the newest one's, its `model` the mean) of `paths` (step -> file).
+
+    One checkpoint is held at a time besides the newest and the running sums."""
+    newest_step = max(paths)
+    newest_path = paths[newest_step]
+    newest = _load(newest_path)
+    sums = {k: v.double().clone() for k, v in newest["model"].items() if v.is_floating_point()}
     for step, path in paths.items():
-        try:
-            loaded[step] = _torch_load(path)
-        except CheckpointError as exc:
-            raise AverageError(str(exc)) from None
-        if not isinstance(loaded[step], dict) or not isinstance(loaded[step].get("model"), dict):
-            raise AverageError(f"{path} is not a checkpoint of this toolkit (no model weights)")
-    newest_step = max(loaded)
-    newest, newest_path = loaded[newest_step], paths[newest_step]
-    for step, data in loaded.items():
-        for key in ("format", *CONFIG_KEYS):
-            if data.get(key) != newest.get(key):
-                raise AverageError(f"{paths[step]}: its {key} differs from {newest_path}'s: only checkpoints of one "
-                                   "run (one model) can be averaged")
-        shapes = {k: tuple(v.shape) for k, v in data["model"].items()}
-        expected = {k: tuple(v.shape) for k, v in newest["model"].items()}
-        if shapes != expected:
-            differ = sorted(set(shapes) ^ set(expected)) or sorted(k for k in shapes if shapes[k] != expected[k])
-            raise AverageError(f"{paths[step]}: its tensors differ from {newest_path}'s ({', '.join(differ[:4])}): "
-                               "only checkpoints of one model can be averaged")
-    weights = {}
-    for name, tensor in newest["model"].items():
-        if tensor.is_floating_point():
-            total = sum(data["model"][name].double() for data in loaded.values())
-            weights[name] = (total / len(loaded)).to(tensor.dtype)
-        else:
-            weights[name] = tensor.clone()
+        if step == newest_step:
+            continue
+        data = _load(path)
+        _check_same_run(data, path, newest, newest_path)
+        for name in sums:
+            sums[name] += data["model"][name].double()
+        del data
+    weights = {name: (sums[name] / len(paths)).to(tensor.dtype) if name in sums else tensor.clone()
+               for name, tensor in newest["model"].items()}
     trainer = newest.get("trainer") or {}
     out = {k: v for k, v in newest.items() if k not in ("model", "trainer", "metrics")}
     # No optimizer state: an averaged checkpoint is for export and evaluation, not for --resume.
     out["trainer"] = {k: trainer[k] for k in ("train_config", "step", "epoch") if k in trainer}
     out["model"] = weights
     out["metrics"] = {}
-    out["averaged_from"] = {"steps": list(loaded), "files": [paths[s].name for s in loaded]}
+    out["averaged_from"] = {"steps": sorted(paths), "files": [paths[s].name for s in sorted(paths)]}
     return out
 
 
@@ -112,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output checkpoint (default: RUN/averaged.pt)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        steps = [int(s) for s in args.steps.split(",") if s.strip()] if args.steps else None
-    except ValueError:
-        print(f"error: --steps {args.steps!r} is not a comma-separated list of steps", file=sys.stderr)
-        return 2
+    steps = None
+    if args.steps is not None:
+        try:
+            steps = [int(s) for s in args.steps.split(",") if s.strip()]
+        except ValueError:
+            steps = []
+        if not steps:
+            print(f"error: --steps {args.steps!r} is not a comma-separated list of steps", file=sys.stderr)
+            return 2
     out = args.out or args.run / "averaged.pt"
     try:
         chosen = choose(evaluated_checkpoints(args.run), args.run, args.last, steps)
@@ -124,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     except AverageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    atomic_torch_save(payload, out)
+    try:
+        atomic_torch_save(payload, out)
+    except OSError as exc:
+        print(f"error: cannot write {out} ({exc.strerror or exc}): choose another --out", file=sys.stderr)
+        return 2
     log.info("wrote %s: the mean of the weights of steps %s (%s); evaluate it with `python -m train --config "
-             "%s --eval-only %s`", out, ", ".join(map(str, chosen)), ", ".join(p.name for p in chosen.values()),
-             args.run / "config.yaml", out)
+             "%s --eval-only %s --out DIR`", out, ", ".join(map(str, chosen)),
+             ", ".join(p.name for p in chosen.values()), args.run / "config.yaml", out)
     return 0
 
 

@@ -176,6 +176,9 @@ def build_index(cfg: TrainConfig, voter_number: int) -> FineDivingIndex:
     return FineDivingIndex(paths, voter_number=voter_number, skip_bad=d.skip_bad)
 
 
+EVALUATED_CHECKPOINT = "eval-{step}.pt"
+"""With ``keep_evaluated``, the weights of every evaluation (``python -m train.average`` averages the last ones)."""
+
 PRETRAINED_WEIGHTS = {
     "i3d_weights": "Kinetics I3D model_rgb.pth for both I3D trunks, from github.com/hassony2/kinetics_i3d_pytorch",
     "resnet_weights": "ImageNet ResNet-34 for the static encoder: torchvision's resnet34-b627a593.pth from "
@@ -753,7 +756,7 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
             log.info("eval at step %d: %s", state["step"], task.eval_line(metrics))
         state["best_each"] = update_best(state["best_each"], metrics, state["epoch"], state["step"])
         if cfg.keep_evaluated:
-            save(f"eval-{state['step']}.pt", {"metrics": metrics})
+            save(EVALUATED_CHECKPOINT.format(step=state["step"]), {"metrics": metrics})
         value = metrics[task.metric] if math.isfinite(metrics[task.metric]) else -math.inf
         if value > state["best"]:
             state["best"], state["best_step"], state["best_epoch"] = value, state["step"], state["epoch"]
