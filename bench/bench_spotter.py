@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also replay the sets' spotter outputs with each entry_tail_s (s; 0: off): end error "
                              "against how late dive_end is decided")
     args = parser.parse_args(argv)
-    if not [item for item in args.sets.split(",") if item] and (args.tail_sweep or args.sensitivity):
+    items = [item for item in args.sets.split(",") if item]  # --sets "": none (e.g. only --ingest-1080p)
+    if not items and (args.tail_sweep or args.sensitivity):
         parser.error("--tail-sweep and --sensitivity measure the sets' dives: name at least one set with --sets")
     width, height = (int(v) for v in args.size.split("x"))
     loaded = load_package(args.package)
@@ -323,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     entry_tail_s = float(spotter_segmenter_settings(loaded).get("entry_tail_s", 0.0))
     report: dict = {"package": str(args.package), "sets": {}}
     every: list[dict] = []
-    items = [item for item in args.sets.split(",") if item]  # --sets "": none (e.g. only --ingest-1080p)
     for item in items:
         name, seed = item.split(":")
         folder = args.out / f"{name}_{seed}"

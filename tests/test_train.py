@@ -155,19 +155,27 @@ def test_config_errors_are_clear_messages(tmp_path, capsys):
         assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_sigterm_leaves_a_loadable_last_checkpoint(synth_root, tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["to-the-trainer", "to-its-group-with-a-loader-worker"])
+def test_sigterm_leaves_a_loadable_last_checkpoint(synth_root, tmp_path, to_group):
+    # To the group: the loader worker gets the signal too (Ctrl-C, a scheduler, pkill -f); it must not take the
+    # trainer down before it saves.
     out = tmp_path / "term"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = ["data.num_workers=1"] if to_group else []
     proc = subprocess.Popen([sys.executable, "-m", "train", "--config", str(CONFIG), "--data-root", str(synth_root),
-                             "--out", str(out), "--max-steps", "1000", *FAST, *MICRO, "log_every=1"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out), "--max-steps", "1000", *FAST, *MICRO, *workers, "log_every=1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=to_group)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").exists() and events(out, "train"):
             break
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     data = load_checkpoint(out / "last.pt")

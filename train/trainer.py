@@ -124,6 +124,14 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the main process, which finishes its step, writes last.pt and then
+    shuts them down. A signal sent to the whole process group (Ctrl-C in a terminal, a scheduler, `pkill -f`) would
+    otherwise kill a worker first, and the main process with it, before it saved."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def any_rank(flags: torch.Tensor, worker: Worker) -> list[bool]:
     """Per flag, True on every rank when any rank says True (keeps ranks stepping together).
 
@@ -788,7 +796,8 @@ def _train(cfg: TrainConfig, run_dir: Path, worker: Worker, *, resume: bool, eva
             loader = DataLoader(train_set, batch_size=cfg.batch_size, drop_last=True,
                                 sampler=ResumableSampler(sampler, state["batch_in_epoch"] * cfg.batch_size),
                                 num_workers=cfg.data.num_workers, pin_memory=worker.device.type == "cuda",
-                                persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+                                persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch),
+                                worker_init_fn=ignore_stop_signals)
             task.train_mode(module)
             bar = tqdm(total=batches_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch}",
                        unit="batch", disable=not worker.main, leave=False)
