@@ -4,6 +4,7 @@
     fineparser-export best.pth --official --preset full --out packages/paper --data-root /data/FineDiving
     fineparser-export runs/hm/best.pt --out packages/hm --data-root /data/FineDiving --engine
     fineparser-export runs/hm/best.pt --out packages/hm --precision fp16,int8 --engine --dry-run
+    fineparser-export runs/hm2/best.pt --out packages/hm2 --spotter-from packages/hm
 
 Exit codes: 0 done; 1 the export failed its parity check or an engine build failed; 2 bad input
 (checkpoint, data root, output directory); 3 --engine asked for but TensorRT is not available
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spotter", type=Path, metavar="SPOTTER_CKPT",
                         help="a spotter checkpoint (python -m train --config configs/spotter_synthetic.yaml): adds "
                              "spotter.onnx, so fineparser-live finds dives itself (--segment auto)")
+    parser.add_argument("--spotter-from", type=Path, metavar="PKG",
+                        help="copy the spotter of package PKG as it is (graph, precision variants, tuned thresholds, "
+                             "holds and start state); default: the spotter of the package that --out replaces, if "
+                             "it has one")
+    parser.add_argument("--no-spotter", action="store_true",
+                        help="export without a spotter, even where the package --out replaces has one")
     parser.add_argument("--add-spotter", action="store_true",
                         help="CKPT is a spotter checkpoint: add its graph to the existing package --out (replacing "
                              "one it has); nothing else is exported")
@@ -199,8 +206,12 @@ def _open_index(data_root: Path, voter_number: int) -> Any:
 def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], index: Any = None,
                    exemplars_per_dive: int | None = None, opset: int | None = None, with_masks: bool = True,
                    parity_clip_count: int = DEFAULT_PARITY_CLIPS, training: dict[str, Any] | None = None,
-                   spotter: Any = None, edge_offsets: EdgeOffsets | None = None) -> dict[str, Any]:
-    """Write every package file and manifest.json into `package_dir`; returns the manifest."""
+                   spotter: Any = None, spotter_from: Path | None = None,
+                   edge_offsets: EdgeOffsets | None = None) -> dict[str, Any]:
+    """Write every package file and manifest.json into `package_dir`; returns the manifest.
+
+    `spotter` (a Spotter) is exported into the package; `spotter_from` (a package directory) gives the
+    spotter of another package instead, copied as it was tuned."""
     from export.audit import audit_files
     from export.bank import build_bank, choose_exemplars, write_bank
     from export.onnx_export import DEFAULT_OPSET, export_encoder, export_pair_head
@@ -277,6 +288,11 @@ def export_package(model: Any, package_dir: Path, *, source: dict[str, Any], ind
             raise ExportError(f"error: spotter.onnx stepped frame by frame does not reproduce the spotter "
                               f"({manifest['spotter']['parity']}); nothing was written", 1)
         files.append(manifest["spotter"]["file"])
+    elif spotter_from is not None:
+        from export.spotter import copy_spotter, spotter_files
+
+        manifest["spotter"] = copy_spotter(spotter_from, package_dir)
+        files += spotter_files(manifest["spotter"])
     start = time.perf_counter()
     write_manifest(package_dir, manifest, files)
     log.info("saved %s (%d files hashed, %.1f s)", MANIFEST_FILE, len(files), time.perf_counter() - start)
@@ -331,6 +347,16 @@ def _engine_dry_run(args: argparse.Namespace, precisions: list[str]) -> int:
 
     graphs = planned_graphs(config.feature_dim, config.token_dim, STATIC_TOKENS, with_masks=not args.no_masks_graph)
     manifest = prospective_manifest(graphs=graphs, precisions=precisions)
+    if args.spotter is None:  # a spotter checkpoint is not exported by a dry run; a kept spotter is planned
+        from export.spotter import spotter_of
+
+        try:
+            source = _spotter_source(args, args.out)
+        except ExportError as exc:
+            print(str(exc), file=sys.stderr)
+            return exc.code
+        if source is not None:
+            manifest["spotter"] = spotter_of(source)
     device = current_device()
     print(format_plan(plan_engines(manifest, device=device), package=str(args.out), device=device), flush=True)
     variants = [p for p in precisions if p != "fp32"]
@@ -339,6 +365,27 @@ def _engine_dry_run(args: argparse.Namespace, precisions: list[str]) -> int:
               "meet their drift goals, or all with --accept-drift)", flush=True)
     print("dry run: nothing was exported, calibrated or built", flush=True)
     return 0
+
+
+def _spotter_source(args: argparse.Namespace, out: Path) -> Path | None:
+    """The package whose spotter the new one keeps: --spotter-from, else the package --out replaces if it has one.
+
+    Checked before anything is exported, so a bad source costs no export."""
+    from export.spotter import spotter_of
+
+    source = args.spotter_from
+    if source is None:
+        if args.no_spotter or not out.exists() or "spotter" not in read_manifest(out):
+            return None
+        source = out
+    try:
+        spotter_of(source)
+    except PackageError as exc:
+        if source == args.spotter_from:
+            raise ExportError(f"error: --spotter-from {source}: {_one_line(exc)}", 2) from exc
+        raise ExportError(f"error: the package --out replaces has a spotter that cannot be kept ({_one_line(exc)}); "
+                          "give --no-spotter to export without it", 2) from exc
+    return source
 
 
 def _add_spotter(checkpoint: Path, package: Path) -> int:
@@ -365,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.add_spotter:
         return _add_spotter(args.checkpoint, args.out)
+    given = [name for name, value in (("--spotter", args.spotter), ("--spotter-from", args.spotter_from),
+                                      ("--no-spotter", args.no_spotter)) if value]
+    if len(given) > 1:
+        print(f"error: {' and '.join(given)} each say where the package's spotter comes from: give one",
+              file=sys.stderr)
+        return 2
     precisions = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
@@ -407,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                 spotter, _ = load_spotter(args.spotter)
             except CheckpointError as exc:
                 raise ExportError(f"error: {_one_line(exc)}", 2) from exc
+        spotter_from = _spotter_source(args, out) if spotter is None else None
         out.parent.mkdir(parents=True, exist_ok=True)
         # Everything is written next to the target and renamed into place at the end: a crash
         # leaves no half-written package behind.
@@ -415,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export_package(model, staging, source=source, index=index,
                                   exemplars_per_dive=args.exemplars_per_dive, opset=args.opset,
                                   with_masks=not args.no_masks_graph, parity_clip_count=args.parity_clips,
-                                  training=training, spotter=spotter,
+                                  training=training, spotter=spotter, spotter_from=spotter_from,
                                   edge_offsets=EDGE_AVERAGE_OFFSETS if args.edge_average else EdgeOffsets())
         drift = manifest["parity"]["score_drift"]
         if not manifest["parity"]["passed"]:

@@ -29,7 +29,7 @@ from export import log_saved
 from export.audit import audit_graph
 from export.onnx_export import DEFAULT_OPSET, _finalise, _torch_export, describe_onnx
 from fineparser.onnx_session import CPU_PROVIDERS, onnx_session
-from fineparser.package import file_entry
+from fineparser.package import PackageError, file_entry, read_manifest, verify_files
 from fineparser.spotter import Spotter
 from fineparser.spotter_spec import SPOTTER_FILE, SPOTTER_INPUTS, SPOTTER_OUTPUTS, SpotterSpec
 
@@ -168,3 +168,48 @@ def add_spotter(package_dir: str | Path, model: Spotter, opset: int = DEFAULT_OP
     manifest["spotter"] = section
     write_manifest(package_dir, manifest, [SPOTTER_FILE])
     return read_manifest(package_dir)
+
+
+def spotter_files(section: dict[str, Any]) -> list[str]:
+    """The package files a manifest's ``spotter`` section names: its graph and its recorded precision variants."""
+    return [section["file"], *(v["file"] for v in (section.get("variants") or {}).values())]
+
+
+def spotter_of(package: str | Path) -> dict[str, Any]:
+    """The ``spotter`` section of an existing package, its files checked against its manifest.
+
+    A package without a spotter, or whose spotter files are missing, unhashed or changed, is a
+    PackageError naming it and what to do."""
+    package = Path(package)
+    manifest = read_manifest(package)
+    section = manifest.get("spotter")
+    if not isinstance(section, dict) or not section.get("file"):
+        raise PackageError(f"{package} has no spotter to copy (its manifest has no 'spotter' section); add one "
+                           "with `fineparser-export SPOTTER_CKPT --add-spotter --out PKG`")
+    names = spotter_files(section)
+    listed = manifest.get("files") or {}
+    unlisted = [name for name in names if name not in listed]
+    if unlisted:
+        raise PackageError(f"{package}: its spotter names {', '.join(unlisted)}, which the manifest does not hash; "
+                           "add the spotter there again (fineparser-export SPOTTER_CKPT --add-spotter)")
+    verify_files(package, {"files": {name: listed[name] for name in names}})
+    return section
+
+
+def copy_spotter(source_package: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """The spotter of an existing package, copied into `out_dir` (a package being written); returns its section.
+
+    The spotter is its own network, so a re-exported scorer keeps it as it was tuned: the graph, its
+    precision variants, thresholds, holds and start state (``fineparser-calibrate --segmenter``) travel
+    with it unchanged (:func:`spotter_of` checks them first).
+    """
+    import copy
+    import shutil
+
+    section = copy.deepcopy(spotter_of(source_package))
+    names = spotter_files(section)
+    for name in names:
+        shutil.copy2(Path(source_package) / name, Path(out_dir) / name)
+    log.info("copied the spotter of %s (%s; thresholds and holds %s)", source_package, ", ".join(names),
+             "as tuned there" if section.get("tuning") else "not tuned")
+    return section

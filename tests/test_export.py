@@ -286,3 +286,51 @@ def test_tensorrt_engines_build_and_are_cached(package, tmp_path):
     assert all(r.onnx_sha256[:12] in r.engine for r in records)
     again = build_package_engines(copy, {"pair_head": "pair_head.onnx"})
     assert again[0].reused
+
+
+def _package_with_a_tuned_spotter(root: Path) -> Path:
+    """A copy of the bundled package (its spotter tuned) with an fp16 spotter variant recorded beside it."""
+    from fineparser.package import write_manifest
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "demo" / "package", root)
+    shutil.copy2(root / "spotter.onnx", root / "spotter_fp16.onnx")
+    manifest = read_manifest(root)
+    manifest["spotter"]["variants"] = {"fp16": {"file": "spotter_fp16.onnx", "precision": "fp16"}}
+    write_manifest(root, manifest, ["spotter_fp16.onnx"])
+    return root
+
+
+def test_a_re_export_keeps_the_tuned_spotter_of_the_package_it_replaces(tmp_path, checkpoint, capsys):
+    out = _package_with_a_tuned_spotter(tmp_path / "pkg")
+    before = read_manifest(out)
+    spotter_bytes = {name: (out / name).read_bytes() for name in ("spotter.onnx", "spotter_fp16.onnx")}
+    assert main([str(checkpoint), "--out", str(out), "--engine", "--dry-run"]) == 0
+    assert "spotter.onnx" in capsys.readouterr().out  # the spotter it would keep is in the engine plan
+    assert main([str(checkpoint), "--out", str(out), *CHEAP]) == 0
+    after = load_package(out)  # every file, the spotter's included, matches its recorded hash
+    assert after.manifest["source"]["sha256"] != before["source"]["sha256"]  # the scorer is the new one ...
+    assert after.manifest["spotter"] == before["spotter"]  # ... the spotter, its tuning and variants as they were
+    assert after.manifest["spotter"]["tuning"] and after.manifest["spotter"]["spec"]["initial_state"]
+    assert {name: (out / name).read_bytes() for name in spotter_bytes} == spotter_bytes
+
+    # --spotter-from takes it from another package; --no-spotter exports without one.
+    other = tmp_path / "other"
+    assert main([str(checkpoint), "--out", str(other), "--spotter-from", str(out), *CHEAP]) == 0
+    assert load_package(other).manifest["spotter"] == before["spotter"]
+    assert main([str(checkpoint), "--out", str(other), "--no-spotter", *CHEAP]) == 0
+    assert "spotter" not in load_package(other).manifest and not (other / "spotter.onnx").exists()
+
+    # A source without a spotter, a spotter file that changed, two sources: one line each, nothing written.
+    capsys.readouterr()
+    assert main([str(checkpoint), "--out", str(tmp_path / "new"), "--spotter-from", str(other), *CHEAP]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--spotter-from {other}" in err[0] and "has no spotter" in err[0]
+    assert not (tmp_path / "new").exists()
+    (out / "spotter_fp16.onnx").write_bytes(b"not a graph")
+    manifest_text = (out / "manifest.json").read_text()
+    assert main([str(checkpoint), "--out", str(out), *CHEAP]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "spotter_fp16.onnx" in err[0] and "--no-spotter" in err[0]
+    assert (out / "manifest.json").read_text() == manifest_text
+    assert main([str(checkpoint), "--out", str(other), "--no-spotter", "--spotter-from", str(out), *CHEAP]) == 2
+    assert "give one" in capsys.readouterr().err
