@@ -12,7 +12,10 @@ rho of both against the judges, per-frame phase macro-F1 (from the `phase` event
 guess, and the spotter's cost per frame. `--sensitivity` adds the score difference that moved true
 boundaries alone make (2 frames inwards; the end at the true entry + entry_tail_s), no spotter involved.
 Start errors are also given signed (median of found - true, > 0 late) and per take-off
-style (`synth.render.takeoff_style`: a standing diver holds still for the first 35 % of the take-off).
+style (`synth.render.takeoff_style`: a standing diver holds still for the first 35 % of the take-off), beside
+their floor: a detector that finds every first moving frame exactly and dates the start one constant lead
+before it (the set's median still span, fitted on the same dives) is off by |still frames - lead| on a
+standing take-off and by 0 on the others.
 `--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring), as fast as
 possible and with `--realtime` (frames dropped; `--sets ""` measures only that). report.json also keeps every
 broadcast's matched dives (`broadcasts`: errors, scores, when the end was decided) for paired comparisons.
@@ -44,7 +47,7 @@ from runtime.spotter import SpotterRunner, spotter_segmenter_settings  # noqa: E
 from synth import generate_broadcasts  # noqa: E402
 from synth.dataset import SYNTH_VERSION  # noqa: E402
 from synth.dives import parse_dive_number  # noqa: E402
-from synth.render import takeoff_style  # noqa: E402
+from synth.render import STANDING_STILL, takeoff_style  # noqa: E402
 
 # name -> generate_broadcasts settings; "default" is the training set's, the others each change one thing.
 SETTINGS = {
@@ -183,6 +186,10 @@ def evaluate_broadcast(video: Path, truth_json: Path, start_list: Path, package:
                "takeoff": takeoff_style(parse_dive_number(truth["dives"][i]["dive_number"]), truth["board"]),
                "end_decided_after_s": end.get("decided_s", float("nan")) - end_true,
                "judges": truth["dives"][i].get("final_score")}
+        if row["takeoff"] == "standing" and truth["dives"][i].get("takeoff_end_s") is not None:
+            row["still_frames"] = STANDING_STILL * (truth["dives"][i]["takeoff_end_s"] - start_true) * fps
+        elif row["takeoff"] != "standing":
+            row["still_frames"] = 0.0
         entry_true = truth["dives"][i].get("entry_start_s")
         if entry_tail_s > 0 and entry_true is not None:
             row["end_err_floor_frames"] = abs(entry_true + entry_tail_s - end_true) * fps
@@ -217,12 +224,16 @@ def summarise(results: list[dict]) -> dict:
     starts = [r["start_err_frames"] for r in rows]
     ends = [r["end_err_frames"] for r in rows]
     floors = [r["end_err_floor_frames"] for r in rows if "end_err_floor_frames" in r]
+    still = [r["still_frames"] for r in rows if r.get("still_frames")]
+    lead = q(still, 50)
+    start_floors = [abs(r["still_frames"] - lead) if r["still_frames"] else 0.0 for r in rows if "still_frames" in r]
     return {
         "dives": sum(r["true_dives"] for r in results), "f1_tiou50": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         "false_dives": fp, "false_on_replay": sum(r["false_on_replay"] for r in results),
         "start_err_median": q(starts, 50), "start_err_p95": q(starts, 95),
         "end_err_median": q(ends, 50), "end_err_p95": q(ends, 95),
         "end_floor_median": q(floors, 50), "end_floor_p95": q(floors, 95),
+        "start_floor_median": q(start_floors, 50), "start_floor_p95": q(start_floors, 95),
         "start_late_median": q([r["start_late_frames"] for r in rows], 50),
         "end_late_median": q([r["end_late_frames"] for r in rows], 50),
         **{f"start_err_median_{style}": q([r["start_err_frames"] for r in rows if r["takeoff"] == style], 50)

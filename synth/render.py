@@ -463,9 +463,13 @@ def _straight(plan: DivePlan, psi: float, eps: float = 0.0) -> np.ndarray:
     return _params(alpha=plan.fault_alpha, beta=plan.fault_beta, psi=psi, eps=eps, split=plan.fault_split)
 
 
+STANDING_STILL = 0.35
+"""Share of a standing take-off (from the dive's first frame) during which the diver holds the waiting pose."""
+
+
 def takeoff_style(info: DiveInfo, board: str) -> str:
     """'armstand' (group 6), 'approach' (forward and reverse dives off a springboard: a walk and a hurdle) or
-    'standing' (the rest: the diver stands still for the first 35 % of the take-off, then moves)."""
+    'standing' (the rest: the diver stands still for the first STANDING_STILL of the take-off, then moves)."""
     if info.armstand:
         return "armstand"
     if board != PLATFORM and info.direction in ("forward", "reverse"):
@@ -498,7 +502,7 @@ def _takeoff_keys(plan: DivePlan) -> list[tuple[float, np.ndarray]]:
     arms_up = _params(psi=180.0, flex=1.0)
     return [
         (0.0, stand),
-        (0.35, stand),
+        (STANDING_STILL, stand),
         (0.5, arms_up),
         (0.7, crouch),
         (0.9, _straight(plan, psi=170.0)),
