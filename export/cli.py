@@ -375,7 +375,12 @@ def _spotter_source(args: argparse.Namespace, out: Path) -> Path | None:
 
     source = args.spotter_from
     if source is None:
-        if args.no_spotter or not out.exists() or "spotter" not in read_manifest(out):
+        if args.no_spotter or not (out / MANIFEST_FILE).is_file():
+            return None
+        try:
+            if "spotter" not in read_manifest(out):
+                return None
+        except PackageError:  # not a package the export would replace: it says so itself
             return None
         source = out
     try:
