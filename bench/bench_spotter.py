@@ -13,9 +13,9 @@ guess, and the spotter's cost per frame. `--sensitivity` adds the score differen
 boundaries alone make (2 frames inwards; the end at the true entry + entry_tail_s), no spotter involved.
 Start errors are also given signed (median of found - true, > 0 late) and per take-off
 style (`synth.render.takeoff_style`: a standing diver holds still for the first 35 % of the take-off), beside
-their floor: a detector that finds every first moving frame exactly and dates the start one constant lead
-before it (the set's median still span, fitted on the same dives) is off by |still frames - lead| on a
-standing take-off and by 0 on the others.
+their floor: a detector that finds every first moving frame exactly, knows the take-off style and dates a
+standing diver's start one constant lead before it (the set's median still span, fitted on the same dives) is
+off by |still frames - lead| on a standing take-off and by 0 on the others (they move from their first frame).
 `--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring), as fast as
 possible and with `--realtime` (frames dropped; `--sets ""` measures only that). report.json also keeps every
 broadcast's matched dives (`broadcasts`: errors, scores, when the end was decided) for paired comparisons.
