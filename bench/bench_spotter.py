@@ -15,7 +15,9 @@ Start errors are also given signed (median of found - true, > 0 late) and per ta
 style (`synth.render.takeoff_style`: a standing diver holds still for the first 35 % of the take-off), beside
 their floor: a detector that finds every first moving frame exactly, knows the take-off style and dates a
 standing diver's start one constant lead before it (the set's median still span, fitted on the same dives) is
-off by |still frames - lead| on a standing take-off and by 0 on the others (they move from their first frame).
+off by |still frames - lead| on a standing take-off and by 0 on the others (they move from their first frame);
+`start_floor_blind_*`: the same detector blind to the style, one lead for every dive (the median still span of
+all dives, 0 for those that move from their first frame).
 `--ingest-1080p` adds the ingest + spotter rate on a 1080p50 H.264 programme (no scoring), as fast as
 possible and with `--realtime` (frames dropped; `--sets ""` measures only that). report.json also keeps every
 broadcast's matched dives (`broadcasts`: errors, scores, when the end was decided) for paired comparisons.
@@ -224,9 +226,10 @@ def summarise(results: list[dict]) -> dict:
     starts = [r["start_err_frames"] for r in rows]
     ends = [r["end_err_frames"] for r in rows]
     floors = [r["end_err_floor_frames"] for r in rows if "end_err_floor_frames" in r]
-    still = [r["still_frames"] for r in rows if r.get("still_frames")]
-    lead = q(still, 50)
-    start_floors = [abs(r["still_frames"] - lead) if r["still_frames"] else 0.0 for r in rows if "still_frames" in r]
+    still = [r["still_frames"] for r in rows if "still_frames" in r]
+    lead = q([f for f in still if f], 50)  # standing take-offs only: the others need none
+    start_floors = [abs(f - lead) if f else 0.0 for f in still]
+    blind_floors = [abs(f - q(still, 50)) for f in still]  # one lead for every dive
     return {
         "dives": sum(r["true_dives"] for r in results), "f1_tiou50": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         "false_dives": fp, "false_on_replay": sum(r["false_on_replay"] for r in results),
@@ -234,6 +237,7 @@ def summarise(results: list[dict]) -> dict:
         "end_err_median": q(ends, 50), "end_err_p95": q(ends, 95),
         "end_floor_median": q(floors, 50), "end_floor_p95": q(floors, 95),
         "start_floor_median": q(start_floors, 50), "start_floor_p95": q(start_floors, 95),
+        "start_floor_blind_median": q(blind_floors, 50), "start_floor_blind_p95": q(blind_floors, 95),
         "start_late_median": q([r["start_late_frames"] for r in rows], 50),
         "end_late_median": q([r["end_late_frames"] for r in rows], 50),
         **{f"start_err_median_{style}": q([r["start_err_frames"] for r in rows if r["takeoff"] == style], 50)
