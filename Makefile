@@ -29,12 +29,13 @@ DEMO_WORK ?= runs/demo-model
 demo-model: $(STAMP)
 	$(PY) -m synth --out $(DEMO_WORK)/data --dives 300 --seed 0 --workers 2 --quiet --overwrite
 	$(PY) -m train --config configs/synthetic_tiny.yaml --data-root $(DEMO_WORK)/data --out $(DEMO_WORK)/run
-	rm -rf demo/package
 	$(VENV)/bin/fineparser-export $(DEMO_WORK)/run/best.pt --out demo/package --data-root $(DEMO_WORK)/data --exemplars-per-dive 5 --no-masks-graph
-	$(MAKE) demo-spotter
+	@# The re-export keeps the tuned spotter of the package it replaces; a package without one gets a new one.
+	@$(PY) -c "import json, sys; sys.exit('spotter' not in json.load(open('demo/package/manifest.json')))" || $(MAKE) demo-spotter
 
 # The demo package's spotter (live dive detection, --segment auto): trained on 40 synthetic 320x180 broadcasts,
 # added to demo/package without touching its other graphs, its thresholds and holds tuned on 6 other broadcasts.
+# `make demo-model` keeps the spotter the package has (and runs this only where it has none).
 SPOTTER_WORK ?= runs/demo-spotter
 demo-spotter: $(STAMP)
 	$(PY) -m synth --out $(SPOTTER_WORK)/data --dives 0 --broadcasts 40 --broadcast-size 320x180 --seed 0 --quiet --overwrite
