@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--segmenter", action="store_true",
                         help="instead: tune the spotter's thresholds and the auto segmenter's holds on the annotated "
                              "broadcasts under --data-root (not those the spotter trained on) and record them")
+    parser.add_argument("--max-end-delay", type=float, default=None, metavar="SECONDS",
+                        help="with --segmenter: a latency budget; a tuning dive whose dive_end is decided more "
+                             "than this many stream seconds after its true end costs as much as a missed dive "
+                             "(default: none)")
     return parser
 
 
@@ -158,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.segmenter:
         return _segmenter(args)
+    if args.max_end_delay is not None:
+        raise CliError("error: --max-end-delay is a budget of --segmenter's tuning; add --segmenter", 2)
     precisions = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
@@ -310,8 +316,10 @@ def _segmenter(args: argparse.Namespace) -> int:
     from train.spotter_data import SpotterDataError
 
     _broadcasts_error(args, "--segmenter")
+    if args.max_end_delay is not None and not args.max_end_delay >= 0:
+        raise CliError(f"error: --max-end-delay {args.max_end_delay:g} must be a number of seconds >= 0", 2)
     try:
-        record = tune_segmenter(args.package, args.data_root)
+        record = tune_segmenter(args.package, args.data_root, max_end_delay_s=args.max_end_delay)
     except (PackageError, SpotterError, SpotterDataError) as exc:
         raise CliError(f"error: {_one_line(exc)}", 2) from exc
     print(format_record(record))

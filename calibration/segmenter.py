@@ -12,12 +12,15 @@ replays the state machine on those probabilities for candidate settings (every c
 one threshold alone can lose what two together win; ``entry_tail_s`` tries 0, off, and quantiles of the
 annotated entry-to-end durations) and keeps the settings of lowest cost:
 
-    cost = 100 x (missed + false dives)  +  mean |start error| + |end error|  +  0.5 x mean decision delay
+    cost = 100 x (missed + false [+ late] dives)  +  mean |start error| + |end error|  +  0.5 x mean decision delay
 
 (errors and delays in frames of matched dives; a dive is matched at temporal IoU >= 0.5).  A false
 dive or a missed one outweighs any timing, so timing is tuned only among settings that detect equally
-well.  The chosen values, and the figures before and after, are written into the manifest (atomically;
-``spotter.tuning``), where ``fineparser-live --segment auto`` reads them.
+well.  With a latency budget (``--max-end-delay S``), a matched dive whose ``dive_end`` is decided more than S
+stream seconds after its true end counts as *late*, as heavily as a missed one: the end error is then tuned only
+among settings that keep every tuning dive within the budget (or as many as any setting can).  The chosen
+values, and the figures before and after, are written into the manifest (atomically; ``spotter.tuning``),
+where ``fineparser-live --segment auto`` reads them.
 """
 
 from __future__ import annotations
@@ -98,17 +101,26 @@ def recording(broadcast: Any, probs: np.ndarray) -> Recording:
 
 TAIL_QUANTILES = (0.2, 0.3, 0.4, 0.5, 0.6)
 """Quantiles of the annotated entry-to-end durations tried as ``entry_tail_s`` (beside 0, off)."""
+BUDGET_TAIL_STEP_S = 0.04
+"""Under a latency budget the tail, which sets how long after the entry the end is decided, is also tried every
+this many seconds (a frame at 25 fps) from the shortest annotated entry-to-end duration up to the 60 % quantile:
+the longest tail within the budget sits between the quantiles, which are far apart where few dives end early."""
 
 
-def entry_tail_candidates(recordings: list[Recording]) -> tuple[float, ...]:
-    """``entry_tail_s`` values to try: 0 (off) and quantiles of the annotated dives' entry-to-end seconds.
+def entry_tail_candidates(recordings: list[Recording], budget: bool = False) -> tuple[float, ...]:
+    """``entry_tail_s`` values to try: 0 (off) and quantiles of the annotated dives' entry-to-end seconds
+    (`budget`: also every :data:`BUDGET_TAIL_STEP_S` from the shortest of them to the last quantile).
 
     Only 0 when no dive has its entry annotated (the optional ``entry_start`` of docs/data.md)."""
     tails = [end - entry for rec in recordings for (_, end), entry in zip(rec.dives, rec.entries or [])
              if entry is not None and end > entry]
     if not tails:
         return (0.0,)
-    return (0.0, *sorted({round(float(np.quantile(tails, q)), 2) for q in TAIL_QUANTILES}))
+    values = {round(float(np.quantile(tails, q)), 2) for q in TAIL_QUANTILES}
+    if budget:
+        low, high = min(tails), float(np.quantile(tails, TAIL_QUANTILES[-1]))
+        values |= {round(float(v), 2) for v in np.arange(low, high + 1e-9, BUDGET_TAIL_STEP_S)}
+    return (0.0, *sorted(values))
 
 
 SETTLE_S = 1.0
@@ -230,23 +242,30 @@ def match(recordings: list[Recording], lookahead: int, settings: dict[str, float
     return m
 
 
-def figures(recordings: list[Recording], lookahead: int, settings: dict[str, float]) -> dict[str, Any]:
+def figures(recordings: list[Recording], lookahead: int, settings: dict[str, float],
+            max_end_delay_s: float | None = None) -> dict[str, Any]:
     """Detection figures of `settings` pooled over the recordings, and their cost (lower is better)."""
-    return matched_figures(match(recordings, lookahead, settings))
+    return matched_figures(match(recordings, lookahead, settings), max_end_delay_s)
 
 
-def matched_figures(m: Matched) -> dict[str, Any]:
-    """:func:`figures` of detections already matched (NaN errors when no dive matched)."""
+def matched_figures(m: Matched, max_end_delay_s: float | None = None) -> dict[str, Any]:
+    """:func:`figures` of detections already matched (NaN errors when no dive matched).
+
+    `max_end_delay_s`: the latency budget; matched dives whose end is decided later than that after their true
+    end are ``late_dives`` and cost as much as a missed dive (None: no budget, no ``late_dives``)."""
     starts, ends = m.starts, m.ends
     delays = [max(after, 0.0) * fps for after, fps in zip(m.after_s, m.fps)]
     timing = (statistics.mean(a + b for a, b in zip(starts, ends)) if starts else 0.0)
     delay = statistics.mean(delays) if delays else 0.0
+    late = 0 if max_end_delay_s is None else sum(1 for after in m.after_s if after > max_end_delay_s + 1e-9)
     return {"dives": m.tp + m.fn, "detected": m.tp + m.fp, "f1": m.f1,
             "missed": m.fn, "false_dives": m.fp, "false_on_replay": m.on_replay,
             "start_err_median": float(np.median(starts)) if starts else float("nan"),
             "end_err_median": float(np.median(ends)) if ends else float("nan"),
             "end_decided_after_median_frames": float(np.median(delays)) if delays else float("nan"),
-            "cost": round(100.0 * (m.fn + m.fp) + timing + 0.5 * delay, 4)}
+            "end_decided_after_max_s": round(max(m.after_s), 4) if m.after_s else float("nan"),
+            **({} if max_end_delay_s is None else {"late_dives": late}),
+            "cost": round(100.0 * (m.fn + m.fp + late) + timing + 0.5 * delay, 4)}
 
 
 def _valid(settings: dict[str, float]) -> bool:
@@ -255,20 +274,21 @@ def _valid(settings: dict[str, float]) -> bool:
 
 def tune(recordings: list[Recording], lookahead: int, start: dict[str, float],
          candidates: dict[str, tuple[float, ...]] = CANDIDATES, passes: int = PASSES,
-         min_gain: float = MIN_GAIN) -> tuple[dict, dict, dict]:
+         min_gain: float = MIN_GAIN, max_end_delay_s: float | None = None) -> tuple[dict, dict, dict]:
     """Grid over the thresholds, then coordinate descent from there; returns (best settings, figures at start,
     figures at best).  Each step takes the lowest-cost candidate (the grid's best combination, then each
     setting's best value) only when it beats the current settings by `min_gain`, so the start is kept unless
-    something clearly beats it, whatever the order of the candidates."""
+    something clearly beats it, whatever the order of the candidates.  `max_end_delay_s`: the latency budget
+    (:func:`matched_figures`)."""
     import itertools
 
     best = dict(start)
-    before = figures(recordings, lookahead, best)
+    before = figures(recordings, lookahead, best, max_end_delay_s)
     best_figures = before
 
     def take(trials: list[dict[str, float]]) -> bool:
         nonlocal best, best_figures
-        results = [(figures(recordings, lookahead, t), t) for t in trials if _valid(t) and t != best]
+        results = [(figures(recordings, lookahead, t, max_end_delay_s), t) for t in trials if _valid(t) and t != best]
         if not results:
             return False
         result, trial = min(results, key=lambda r: r[0]["cost"])
@@ -291,8 +311,11 @@ def tune(recordings: list[Recording], lookahead: int, start: dict[str, float],
     return best, before, best_figures
 
 
-def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, Any]:
-    """Tune the package's auto segmenter on the broadcasts under `data_root`; returns the manifest's record."""
+def run(package_dir: Path, data_root: Path, progress: bool = True,
+        max_end_delay_s: float | None = None) -> dict[str, Any]:
+    """Tune the package's auto segmenter on the broadcasts under `data_root`; returns the manifest's record.
+
+    `max_end_delay_s`: the latency budget (:func:`matched_figures`), recorded with the tuning."""
     from fineparser.dive_state import segmenter_durations
     from fineparser.package import load_package, read_manifest, write_manifest
     from fineparser.spotter_runner import SpotterRunner, spotter_segmenter_settings
@@ -314,10 +337,14 @@ def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, 
              sum(len(r.dives) for r in recordings), time.perf_counter() - started)
     durations = segmenter_durations(spotter_segmenter_settings(package))
     start = {**runner.spec.thresholds, **{k: durations[k] for k in DURATION_NAMES}}
-    candidates = {**CANDIDATES, "entry_tail_s": entry_tail_candidates(recordings)}
-    best, before, after = tune(recordings, runner.spec.lookahead, start, candidates)
+    candidates = {**CANDIDATES, "entry_tail_s": entry_tail_candidates(recordings, budget=max_end_delay_s is not None)}
+    best, before, after = tune(recordings, runner.spec.lookahead, start, candidates, max_end_delay_s=max_end_delay_s)
+    if max_end_delay_s is not None and after["late_dives"]:
+        log.warning("%d of %d tuning dive(s) still end more than the budget of %g s after their true end with the "
+                    "best settings (at most %.2f s): no candidate keeps them all within it", after["late_dives"],
+                    after["dives"], max_end_delay_s, after["end_decided_after_max_s"])
     tuning = {"data_root": str(data_root), "broadcasts": [r.name for r in recordings], "frames": frames,
-              "initial_state_frames": idle_frames,
+              "initial_state_frames": idle_frames, "max_end_delay_s": max_end_delay_s,
               "match_tiou": DETECTION_TIOU, "before": {**before, "settings": start},
               "after": {**after, "settings": best}}
     manifest = read_manifest(package_dir)
@@ -332,13 +359,18 @@ def run(package_dir: Path, data_root: Path, progress: bool = True) -> dict[str, 
 
 
 def format_record(record: dict[str, Any]) -> str:
-    """Before/after table of a tuning record."""
-    keys = ("f1", "missed", "false_dives", "false_on_replay", "start_err_median", "end_err_median",
-            "end_decided_after_median_frames", "cost")
-    lines = [f"{'':<10}" + "".join(f"{k[:16]:>17}" for k in keys)]
+    """Before/after table of a tuning record (errors in frames; a budgeted tuning adds its late dives)."""
+    columns = {"f1": "f1", "missed": "missed", "false_dives": "false dives", "false_on_replay": "on replays",
+               "start_err_median": "start err (fr)", "end_err_median": "end err (fr)",
+               "end_decided_after_median_frames": "end late med (fr)", "end_decided_after_max_s": "end late max (s)",
+               "cost": "cost"}
+    if record.get("max_end_delay_s") is not None:
+        columns = {**{k: v for k, v in columns.items() if k != "cost"},
+                   "late_dives": f"> {record['max_end_delay_s']:g} s late", "cost": "cost"}
+    lines = [f"{'':<8}" + "".join(f"{label:>18}" for label in columns.values())]
     for name in ("before", "after"):
         row = record[name]
-        lines.append(f"{name:<10}" + "".join(f"{row[k]:>17.3f}" if isinstance(row[k], float) else f"{row[k]:>17}"
-                                             for k in keys))
-        lines.append(f"{'':<10}" + ", ".join(f"{k} {v:g}" for k, v in row["settings"].items()))
+        lines.append(f"{name:<8}" + "".join(f"{row.get(k, ''):>18.3f}" if isinstance(row.get(k), float)
+                                            else f"{row.get(k, ''):>18}" for k in columns))
+        lines.append(f"{'':<8}" + ", ".join(f"{k} {v:g}" for k, v in row["settings"].items()))
     return "\n".join(lines)

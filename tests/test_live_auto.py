@@ -611,6 +611,31 @@ def test_entry_tail_candidates_come_from_the_annotated_entries():
     assert after["end_err_median"] <= 5 and figures([recording], 0, best)["cost"] == after["cost"]
 
 
+def test_a_latency_budget_keeps_every_tuned_dive_end_within_it():
+    from calibration.segmenter import Recording, entry_tail_candidates, figures, tune
+
+    # Eight dives whose annotated end falls 0.8-1.64 s after the entry; the spotter stays on entry 5 s, so only
+    # the tail ends them, and a tail that is right on average decides the early-ending dives' ends late.
+    rows, dives, entries, t = [], [], [], 0
+    for tail in (20, 22, 30, 34, 36, 38, 40, 41):
+        rows += [soft()] * 30 + [soft(approach=0.9)] * 10 + [soft(flight=0.9)] * 10 + [soft(entry=0.9)] * 125
+        dives.append(((t + 30) / FPS, (t + 50 + tail) / FPS))
+        entries.append((t + 50) / FPS)
+        t += 175
+    recording = Recording("lingering", FPS, np.array(rows, np.float32), dives, [], entries)
+    start = {"live_enter": 0.6, "live_exit": 0.4, "replay_enter": 0.6, "live_back": 0.6, "start_hold_s": 0.2,
+             "end_hold_s": 0.4, "entry_tail_s": 0.0}
+    budget = 0.2
+    free_best, _, free = tune([recording], 0, start, {"entry_tail_s": entry_tail_candidates([recording])})
+    assert free["f1"] == 1.0 and "late_dives" not in free  # no budget, no lateness
+    assert figures([recording], 0, free_best, budget)["late_dives"] > 0  # ...but that tail misses the budget
+    best, before, after = tune([recording], 0, start, {"entry_tail_s": entry_tail_candidates([recording], True)},
+                               max_end_delay_s=budget)
+    assert after["f1"] == 1.0 and after["late_dives"] == 0 and after["end_decided_after_max_s"] <= budget
+    assert 0 < best["entry_tail_s"] < free_best["entry_tail_s"]
+    assert after["end_err_median"] > free["end_err_median"]  # the price: ends placed earlier than the annotation
+
+
 def test_calibrate_segmenter_records_tuned_settings_the_runtime_reads(tmp_path, capsys):
     from calibration.cli import main as calibrate_main
     from fineparser.package import load_package
@@ -641,6 +666,15 @@ def test_calibrate_segmenter_records_tuned_settings_the_runtime_reads(tmp_path, 
 
     assert calibrate_main([str(package), "--segmenter"]) == 2
     assert "--segmenter needs --data-root" in capsys.readouterr().err
+    assert calibrate_main([str(package), "--segmenter", "--data-root", str(folder), "--max-end-delay", "0.5"]) == 0
+    assert "> 0.5 s late" in capsys.readouterr().out
+    tuning = load_package(package).manifest["spotter"]["tuning"]
+    assert tuning["max_end_delay_s"] == 0.5 and tuning["after"]["late_dives"] == 0
+    for bad, words in ((["--segmenter", "--data-root", str(folder), "--max-end-delay", "-1"], "must be a number"),
+                       (["--max-end-delay", "0.5", "--data-root", str(folder)], "add --segmenter")):
+        assert calibrate_main([str(package), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
     bare = make_package(tmp_path / "bare", lookahead=None)
     assert calibrate_main([str(bare), "--segmenter", "--data-root", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
