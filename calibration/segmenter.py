@@ -362,11 +362,10 @@ def format_record(record: dict[str, Any]) -> str:
     """Before/after table of a tuning record (errors in frames; a budgeted tuning adds its late dives)."""
     columns = {"f1": "f1", "missed": "missed", "false_dives": "false dives", "false_on_replay": "on replays",
                "start_err_median": "start err (fr)", "end_err_median": "end err (fr)",
-               "end_decided_after_median_frames": "end late med (fr)", "end_decided_after_max_s": "end late max (s)",
-               "cost": "cost"}
+               "end_decided_after_median_frames": "end late med (fr)", "end_decided_after_max_s": "end late max (s)"}
     if record.get("max_end_delay_s") is not None:
-        columns = {**{k: v for k, v in columns.items() if k != "cost"},
-                   "late_dives": f"> {record['max_end_delay_s']:g} s late", "cost": "cost"}
+        columns["late_dives"] = f"> {record['max_end_delay_s']:g} s late"
+    columns["cost"] = "cost"
     lines = [f"{'':<8}" + "".join(f"{label:>18}" for label in columns.values())]
     for name in ("before", "after"):
         row = record[name]
